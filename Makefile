@@ -1,0 +1,49 @@
+# seedstack — the two commands first: `make run` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+# The CPU build of torch lies on this kind of machine's disk; GPU users set e.g.
+#   make setup TORCH_SPEC='torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128'
+TORCH_SPEC ?= torch==2.13.0
+# Extras installed by setup; ucx makes the UCX carrier's contract tests run for real.
+EXTRAS ?= dev,ucx
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: setup protos lint test run up down status bench clean
+
+setup: $(VENV)/.setup-done
+
+$(VENV)/.setup-done: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet $(TORCH_SPEC)
+	$(BIN)/pip install --quiet -e ".[$(EXTRAS)]"
+	touch $@
+
+protos: setup
+	$(BIN)/python -m services.common.protogen
+
+lint: setup
+	$(BIN)/ruff check services clients tests benchmarks
+	$(BIN)/mypy services clients benchmarks
+
+test: setup
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+run: setup
+	$(BIN)/python -m clients.mainjob
+
+up: setup
+	$(BIN)/seedctl up
+
+status: setup
+	$(BIN)/seedctl status
+
+down: setup
+	$(BIN)/seedctl down
+
+bench: setup
+	$(BIN)/python -m benchmarks.transport --quick
+
+clean:
+	rm -rf $(VENV) runs
