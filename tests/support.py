@@ -37,9 +37,24 @@ class RedisProcess:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [self.exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.workdir), "--logfile", str(self.workdir / "redis.log")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                self.exe,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+                "--logfile",
+                str(self.workdir / "redis.log"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
@@ -61,8 +76,9 @@ class RedisProcess:
         self.proc = None
 
 
-async def assert_eventually(predicate: Callable[[], Awaitable[Any] | Any], timeout_s: float = 10.0,
-                            interval_s: float = 0.05, message: str = "") -> Any:
+async def assert_eventually(
+    predicate: Callable[[], Awaitable[Any] | Any], timeout_s: float = 10.0, interval_s: float = 0.05, message: str = ""
+) -> Any:
     """Poll ``predicate`` until it returns something truthy; fail with its last error at the deadline."""
     deadline = time.monotonic() + timeout_s
     last: Any = None

@@ -160,19 +160,35 @@ class ServerConfig:
     """Lease of this instance's entry in the service registry; refreshed at a third of it."""
 
     def __post_init__(self) -> None:
-        check(self.redis_url.startswith(("redis://", "rediss://", "unix://")), "redis_url", self.redis_url,
-              "expected a redis://, rediss:// or unix:// URL")
+        check(
+            self.redis_url.startswith(("redis://", "rediss://", "unix://")),
+            "redis_url",
+            self.redis_url,
+            "expected a redis://, rediss:// or unix:// URL",
+        )
         check(0 <= self.port <= 65535, "port", self.port, "must be in 0..65535")
         check(bool(self.host), "host", self.host, "must not be empty")
         check(bool(self.advertise_host), "advertise_host", self.advertise_host, "must not be empty")
-        check(1024 <= self.max_message_bytes <= 2**31 - 1, "max_message_bytes", self.max_message_bytes,
-              "must be in 1 KiB .. 2 GiB")
+        check(
+            1024 <= self.max_message_bytes <= 2**31 - 1,
+            "max_message_bytes",
+            self.max_message_bytes,
+            "must be in 1 KiB .. 2 GiB",
+        )
         check(self.grace_s >= 0, "grace_s", self.grace_s, "must be >= 0")
         check(self.registry_ttl_s >= 1, "registry_ttl_s", self.registry_ttl_s, "must be >= 1 s")
-        check((self.tls_cert_path is None) == (self.tls_key_path is None), "tls_cert_path",
-              self.tls_cert_path, "TLS needs both a certificate and a key")
+        check(
+            (self.tls_cert_path is None) == (self.tls_key_path is None),
+            "tls_cert_path",
+            self.tls_cert_path,
+            "TLS needs both a certificate and a key",
+        )
         for name in ("tls_cert_path", "tls_key_path", "tls_client_ca_path"):
             path = getattr(self, name)
             check(path is None or Path(path).is_file(), name, path, "file does not exist")
-        check(self.tls_client_ca_path is None or self.tls_cert_path is not None, "tls_client_ca_path",
-              self.tls_client_ca_path, "mutual TLS needs the server's own certificate too")
+        check(
+            self.tls_client_ca_path is None or self.tls_cert_path is not None,
+            "tls_client_ca_path",
+            self.tls_client_ca_path,
+            "mutual TLS needs the server's own certificate too",
+        )

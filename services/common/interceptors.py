@@ -8,6 +8,7 @@ trace context and records a CLIENT span, so one trace follows a call across serv
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import inspect
 import logging
@@ -64,8 +65,7 @@ def wrap_handler(handler: grpc.RpcMethodHandler | None, method: str, around: Aro
         factory, behavior = grpc.stream_unary_rpc_method_handler, handler.stream_unary
     else:
         factory, behavior = grpc.stream_stream_rpc_method_handler, handler.stream_stream
-    return factory(_wrap_behavior(behavior, method, around), handler.request_deserializer,
-                   handler.response_serializer)
+    return factory(_wrap_behavior(behavior, method, around), handler.request_deserializer, handler.response_serializer)
 
 
 def _metadata_value(context: grpc.aio.ServicerContext, key: str) -> str | None:
@@ -95,8 +95,10 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         async def around(method: str, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
             got = (_metadata_value(context, "authorization") or "").encode()
             if not hmac.compare_digest(got, self._expected):
-                await context.abort(grpc.StatusCode.UNAUTHENTICATED,
-                                    f"{method}: missing or wrong shared token (send 'authorization: Bearer <token>')")
+                await context.abort(
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    f"{method}: missing or wrong shared token (send 'authorization: Bearer <token>')",
+                )
             yield
 
         return wrap_handler(handler, method, around)
@@ -117,10 +119,14 @@ class TracingServerInterceptor(grpc.aio.ServerInterceptor):
 
         @asynccontextmanager
         async def around(method: str, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
-            with tracer.start_as_current_span(method.lstrip("/"), context=propagate.extract(carrier),
-                                              kind=SpanKind.SERVER, record_exception=False,
-                                              set_status_on_exception=False,
-                                              attributes={"rpc.system": "grpc", "rpc.method": method}) as span:
+            with tracer.start_as_current_span(
+                method.lstrip("/"),
+                context=propagate.extract(carrier),
+                kind=SpanKind.SERVER,
+                record_exception=False,
+                set_status_on_exception=False,
+                attributes={"rpc.system": "grpc", "rpc.method": method},
+            ) as span:
                 try:
                     yield
                 except BaseException as exc:
@@ -158,8 +164,9 @@ def _with_metadata(details: grpc.aio.ClientCallDetails, extra: dict[str, str]) -
         metadata.add(k, v)
     for k, v in extra.items():
         metadata.add(k, v)
-    return grpc.aio.ClientCallDetails(details.method, details.timeout, metadata, details.credentials,
-                                      details.wait_for_ready)
+    return grpc.aio.ClientCallDetails(
+        details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
+    )
 
 
 class ClientInterceptor(
@@ -175,8 +182,9 @@ class ClientInterceptor(
 
     def _start(self, details: grpc.aio.ClientCallDetails) -> tuple[trace.Span, grpc.aio.ClientCallDetails]:
         method = details.method.decode() if isinstance(details.method, bytes) else str(details.method)
-        span = tracer.start_span(method.lstrip("/"), kind=SpanKind.CLIENT,
-                                 attributes={"rpc.system": "grpc", "rpc.method": method})
+        span = tracer.start_span(
+            method.lstrip("/"), kind=SpanKind.CLIENT, attributes={"rpc.system": "grpc", "rpc.method": method}
+        )
         extra: dict[str, str] = {}
         propagate.inject(extra, context=trace.set_span_in_context(span))
         if self._token:
@@ -185,16 +193,16 @@ class ClientInterceptor(
 
     @staticmethod
     def _end_when_done(span: trace.Span, call: Any) -> Any:
-        def done(c: Any) -> None:
+        async def finish(c: Any) -> None:
             try:
-                code = c.code()
+                code = await c.code()  # aio calls report their status through a coroutine
             except Exception:  # cancelled before a status arrived
                 code = grpc.StatusCode.CANCELLED
             if code != grpc.StatusCode.OK:
                 span.set_status(Status(StatusCode.ERROR, str(code)))
             span.end()
 
-        call.add_done_callback(done)
+        call.add_done_callback(lambda c: asyncio.ensure_future(finish(c)))
         return call
 
     async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:

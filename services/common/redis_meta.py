@@ -133,7 +133,8 @@ class RedisMeta:
 
     async def lease_owner(self, name: str) -> str | None:
         """Who holds lease ``name`` now, or None."""
-        return await self.client.get(self.key("lease", name))
+        owner = await self.client.get(self.key("lease", name))
+        return None if owner is None else str(owner)
 
     # Atomic helpers ------------------------------------------------------------------------------
 
@@ -187,12 +188,26 @@ class ServiceRegistry:
         self.meta = meta
         self._tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
 
-    async def register(self, service: str, address: str, *, ttl_s: float = 10.0,
-                       info: Mapping[str, Any] | None = None, instance: str | None = None) -> str:
+    async def register(
+        self,
+        service: str,
+        address: str,
+        *,
+        ttl_s: float = 10.0,
+        info: Mapping[str, Any] | None = None,
+        instance: str | None = None,
+    ) -> str:
         """Publish ``address`` for ``service`` and keep it fresh; returns the instance id."""
         instance = instance or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        record = {"service": service, "instance": instance, "address": address, "pid": os.getpid(),
-                  "host": socket.gethostname(), "started_unix_s": time.time(), **(info or {})}
+        record = {
+            "service": service,
+            "instance": instance,
+            "address": address,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started_unix_s": time.time(),
+            **(info or {}),
+        }
         await self._write(service, instance, record, ttl_s)
         self._tasks[(service, instance)] = asyncio.create_task(self._refresh(service, instance, record, ttl_s))
         return instance

@@ -8,6 +8,7 @@ with a grace period and closes the dependencies.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
@@ -19,7 +20,9 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from services.common.catalog import ServiceInfo
 from services.common.config import ServerConfig
+from services.common.errors import Unavailable
 from services.common.interceptors import AuthInterceptor, ErrorInterceptor, TracingServerInterceptor
 
 logger = logging.getLogger(__name__)
@@ -91,7 +94,8 @@ def create_grpc_server(config: ServerConfig, servicers: Sequence[ServicerSpec]) 
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server)
+        [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
+    )
     address = f"{config.host}:{config.port}"
     creds = server_credentials(config)
     port = server.add_secure_port(address, creds) if creds else server.add_insecure_port(address)
@@ -113,8 +117,9 @@ async def run_service(
     meta = RedisMeta.from_url(config.redis_url, "registry")
     registry = ServiceRegistry(meta)
     address = f"{config.advertise_host}:{grpc_server.port}"
-    await registry.register(name, address, ttl_s=config.registry_ttl_s,
-                            info={"tls": int(config.tls_cert_path is not None)})
+    await registry.register(
+        name, address, ttl_s=config.registry_ttl_s, info={"tls": int(config.tls_cert_path is not None)}
+    )
     grpc_server.on_close.append(meta.close)
     grpc_server.on_close.insert(0, registry.deregister_all)
     logger.info("%s serving on %s (port %d)", name, address, grpc_server.port)
@@ -137,8 +142,12 @@ class ReadinessLoop:
     readiness instead of a bound port.
     """
 
-    def __init__(self, grpc_server: GrpcServer, checks: Sequence[tuple[str, Callable[[], Awaitable[None]]]],
-                 interval_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        grpc_server: GrpcServer,
+        checks: Sequence[tuple[str, Callable[[], Awaitable[None]]]],
+        interval_s: float = 1.0,
+    ) -> None:
         self._server = grpc_server
         self._checks = list(checks)
         self._interval_s = interval_s
@@ -184,3 +193,59 @@ class ReadinessLoop:
             except asyncio.CancelledError:
                 pass
             self._task = None
+
+
+async def create_service_server(
+    info: ServiceInfo,
+    config: ServerConfig,
+    servicers: Sequence[tuple[Callable[[Any, grpc.aio.Server], None], Any]],
+    extra_checks: Sequence[tuple[str, Callable[[], Awaitable[None]]]] = (),
+) -> GrpcServer:
+    """The usual server of a service: its servicers, and health SERVING only while Redis answers
+    and every service in ``info.depends_on`` is SERVING (resolved through the registry)."""
+    from services.common.redis_meta import RedisMeta, ServiceRegistry
+
+    grpc_server = create_grpc_server(config, [(add, servicer, info.proto_service) for add, servicer in servicers])
+    meta = RedisMeta.from_url(config.redis_url, info.name)
+    grpc_server.on_close.append(meta.close)
+    checks: list[tuple[str, Callable[[], Awaitable[None]]]] = [("redis", meta.ping)]
+    if info.depends_on:
+        registry_meta = RedisMeta.from_url(config.redis_url, "registry")
+        grpc_server.on_close.append(registry_meta.close)
+        peers = PeerHealth(ServiceRegistry(registry_meta), config.auth_token)
+        grpc_server.on_close.append(peers.close)
+        checks += [(dep, functools.partial(peers.check, dep)) for dep in info.depends_on]
+    ReadinessLoop(grpc_server, [*checks, *extra_checks]).start()
+    return grpc_server
+
+
+class PeerHealth:
+    """Checks that a peer service is SERVING, through the registry and the gRPC health protocol.
+
+    The check is a traced gRPC call, so a trace shows this service waiting on its dependency.
+    """
+
+    def __init__(self, registry: Any, token: str) -> None:
+        self._registry = registry
+        self._token = token
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    async def check(self, service: str) -> None:
+        """Raise when ``service`` has no live instance or it is not SERVING."""
+        from clients.base import ClientOptions, create_channel
+
+        address = await self._registry.resolve_address(service)
+        channel = self._channels.get(address)
+        if channel is None:
+            channel = self._channels[address] = create_channel(address, ClientOptions(token=self._token))
+        reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2.0)
+        if reply.status != health_pb2.HealthCheckResponse.SERVING:
+            raise Unavailable(
+                f"{service} at {address} is {health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)}"
+            )
+
+    async def close(self) -> None:
+        """Close the channels to peers."""
+        for channel in self._channels.values():
+            await channel.close()
+        self._channels.clear()

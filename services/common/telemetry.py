@@ -44,18 +44,23 @@ class JsonFileSpanExporter(SpanExporter):
         for span in spans:
             ctx = span.get_span_context()
             parent = span.parent
-            lines.append(json.dumps({
-                "trace_id": format(ctx.trace_id, "032x") if ctx else None,
-                "span_id": format(ctx.span_id, "016x") if ctx else None,
-                "parent_span_id": format(parent.span_id, "016x") if parent else None,
-                "service": span.resource.attributes.get("service.name"),
-                "name": span.name,
-                "kind": span.kind.name,
-                "start_unix_ns": span.start_time,
-                "end_unix_ns": span.end_time,
-                "status": span.status.status_code.name,
-                "attributes": dict(span.attributes or {}),
-            }, default=str))
+            lines.append(
+                json.dumps(
+                    {
+                        "trace_id": format(ctx.trace_id, "032x") if ctx else None,
+                        "span_id": format(ctx.span_id, "016x") if ctx else None,
+                        "parent_span_id": format(parent.span_id, "016x") if parent else None,
+                        "service": span.resource.attributes.get("service.name"),
+                        "name": span.name,
+                        "kind": span.kind.name,
+                        "start_unix_ns": span.start_time,
+                        "end_unix_ns": span.end_time,
+                        "status": span.status.status_code.name,
+                        "attributes": dict(span.attributes or {}),
+                    },
+                    default=str,
+                )
+            )
         with self._lock, self.path.open("a") as f:
             f.write("\n".join(lines) + "\n")
         return SpanExportResult.SUCCESS

@@ -27,8 +27,9 @@ async def test_lease_is_exclusive_renewable_and_expires(redis_url: str) -> None:
     assert not await meta.acquire_lease("leader", "b", ttl_s=0.3)
     assert await meta.renew_lease("leader", "a", ttl_s=0.3)
     assert not await meta.release_lease("leader", "b")
-    await assert_eventually(lambda: meta.acquire_lease("leader", "b", ttl_s=5), timeout_s=5,
-                            message="b takes the lease after a's lapses")
+    await assert_eventually(
+        lambda: meta.acquire_lease("leader", "b", ttl_s=5), timeout_s=5, message="b takes the lease after a's lapses"
+    )
     assert await meta.lease_owner("leader") == "b"
     assert not await meta.renew_lease("leader", "a", ttl_s=5)
     assert await meta.release_lease("leader", "b")

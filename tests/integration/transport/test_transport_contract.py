@@ -194,11 +194,44 @@ async def test_read_lease_blocks_overwrite(holder: HolderProcess, reader: Tensor
     assert _same(fresh, pattern(shape, dtype, 5))
 
 
-async def test_holder_stalled_then_killed_mid_transfer(holder: HolderProcess, reader: TensorReader, carrier: str) -> None:
+async def test_cancelled_read_releases_its_lease(holder: HolderProcess, reader: TensorReader, carrier: str) -> None:
+    shape, dtype = (16 << 20,), torch.float32
+    ref = holder.register(f"cancel-{carrier}", shape, dtype, seed=12)
+    first_chunk = threading.Event()
+    resume = threading.Event()
+    seen: list[int] = []
+
+    def pause_after_first(chunk: int) -> None:
+        seen.append(chunk)
+        if not first_chunk.is_set():
+            first_chunk.set()
+            resume.wait(30)
+
+    read = asyncio.create_task(reader.read(ref, torch.empty(shape, dtype=dtype), carrier=carrier, on_chunk=pause_after_first))
+    assert await asyncio.to_thread(first_chunk.wait, 20)
+    read.cancel()
+    resume.set()
+    with pytest.raises(asyncio.CancelledError):
+        await read
+    written = len(seen)
+    assert written < ref.meta.num_chunks  # stopped, and nothing lands after read() returned:
+    assert len(seen) == written
+
+    async def lease_released() -> bool:
+        return bool(await holder.acall("active_reads", name=ref.meta.name) == 0)
+
+    await wait_until(lease_released, what="holder released the cancelled reader's lease")
+
+
+async def test_holder_stalled_then_killed_mid_transfer(
+    holder: HolderProcess, reader: TensorReader, carrier: str
+) -> None:
     """A stalled holder times out; a killed one fails the read without exposing the tensor, and the
     missing chunks are re-planned from another holder of the same content."""
     shape, dtype = (16 << 20,), torch.float32  # 64 MiB, 256 chunks
-    with HolderProcess(carriers=[carrier] if carrier == "tcp" else ["tcp", carrier], chunk_size_bytes=256 << 10) as doomed:
+    with HolderProcess(
+        carriers=[carrier] if carrier == "tcp" else ["tcp", carrier], chunk_size_bytes=256 << 10
+    ) as doomed:
         ref = doomed.register("w", shape, dtype, seed=6)
 
         doomed.pause()  # SIGSTOP: sockets stay open, nothing answers
@@ -229,7 +262,9 @@ async def test_holder_stalled_then_killed_mid_transfer(holder: HolderProcess, re
 
     # Re-plan: the same content from another holder completes the assembly.
     other = holder.register(f"replica-{carrier}", shape, dtype, seed=6)
-    replica = TensorRef(meta=replace(ref.meta, name=other.meta.name), carriers=other.carriers, holder_id=other.holder_id)
+    replica = TensorRef(
+        meta=replace(ref.meta, name=other.meta.name), carriers=other.carriers, holder_id=other.holder_id
+    )
     assert replica.meta.root_hash == other.meta.root_hash
     if not assembly.complete:
         await reader.read(replica, assembly, carrier=carrier)

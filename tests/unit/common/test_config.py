@@ -33,9 +33,18 @@ ENV = {"REDIS_URL": "redis://127.0.0.1:1/0"}
 
 
 def test_reads_prefixed_and_standard_variables() -> None:
-    cfg = load_config(DemoConfig, "SEEDSTACK_DEMO_", environ={
-        **ENV, "SEEDSTACK_DEMO_NUM_WORKERS": "7", "SEEDSTACK_DEMO_RATIO": "0.25", "SEEDSTACK_DEMO_TAGS": "a, b",
-        "SEEDSTACK_DEMO_VERBOSE": "yes", "SEEDSTACK_AUTH_TOKEN": "s3cret"})
+    cfg = load_config(
+        DemoConfig,
+        "SEEDSTACK_DEMO_",
+        environ={
+            **ENV,
+            "SEEDSTACK_DEMO_NUM_WORKERS": "7",
+            "SEEDSTACK_DEMO_RATIO": "0.25",
+            "SEEDSTACK_DEMO_TAGS": "a, b",
+            "SEEDSTACK_DEMO_VERBOSE": "yes",
+            "SEEDSTACK_AUTH_TOKEN": "s3cret",
+        },
+    )
     assert (cfg.num_workers, cfg.ratio, cfg.tags, cfg.verbose) == (7, 0.25, ("a", "b"), True)
     assert cfg.redis_url == ENV["REDIS_URL"] and cfg.auth_token == "s3cret" and cfg.port == 50099
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -62,11 +71,14 @@ def test_out_of_range_value_names_variable_and_value() -> None:
 
 
 def test_tls_needs_existing_cert_and_key(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="SEEDSTACK_TLS_CERT: .*both a certificate and a key"):
+    with pytest.raises(ConfigError, match=r"SEEDSTACK_TLS_CERT: .*both a certificate and a key"):
         load_config(DemoConfig, "SEEDSTACK_DEMO_", environ={**ENV, "SEEDSTACK_TLS_CERT": str(tmp_path / "c")})
     with pytest.raises(ConfigError, match="file does not exist"):
-        load_config(DemoConfig, "SEEDSTACK_DEMO_", environ={
-            **ENV, "SEEDSTACK_TLS_CERT": str(tmp_path / "c"), "SEEDSTACK_TLS_KEY": str(tmp_path / "k")})
+        load_config(
+            DemoConfig,
+            "SEEDSTACK_DEMO_",
+            environ={**ENV, "SEEDSTACK_TLS_CERT": str(tmp_path / "c"), "SEEDSTACK_TLS_KEY": str(tmp_path / "k")},
+        )
 
 
 def test_file_values_sit_under_the_environment(tmp_path: Path) -> None:

@@ -1,0 +1,1 @@
+"""The data plane: mixtures, balanced batches, exact recovery."""

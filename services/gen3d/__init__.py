@@ -1,0 +1,1 @@
+"""Image-to-3D generation of simulation-ready assets."""

@@ -1,0 +1,1 @@
+"""The robustness monitor: detection, localization, recovery, ETTR."""

@@ -1,0 +1,1 @@
+"""The rollout server: streaming generation and verifiers."""

@@ -1,0 +1,1 @@
+"""The trainer: GRPO, DAPO and VAPO on torch.distributed."""

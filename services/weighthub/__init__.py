@@ -1,0 +1,1 @@
+"""The weight hub: versions, holders and read plans."""

@@ -1,0 +1,17 @@
+"""Builds the weight hub gRPC server."""
+
+from __future__ import annotations
+
+from seedstack.weighthub.v1 import weighthub_pb2_grpc
+
+from services.common.catalog import service_info
+from services.common.server import GrpcServer, create_service_server
+from services.weighthub.config import WeightHubConfig
+from services.weighthub.servicer import create_servicer
+
+
+async def create_server(config: WeightHubConfig) -> GrpcServer:
+    """A server with the WeightHub servicer; SERVING once Redis answers."""
+    return await create_service_server(
+        service_info("weighthub"), config, [(weighthub_pb2_grpc.add_WeightHubServicer_to_server, create_servicer())]
+    )
