@@ -77,6 +77,28 @@ def create_channel(address: str, options: ClientOptions | None = None) -> grpc.a
     return grpc.aio.secure_channel(address, creds, options=channel_options, interceptors=interceptors)
 
 
+async def check_health(channel: grpc.aio.Channel, service: str = "", timeout_s: float = 5.0) -> str:
+    """The health status name (SERVING, NOT_SERVING, ...) of ``service`` ("" = the whole server)."""
+    try:
+        reply = await health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=timeout_s
+        )
+    except grpc.aio.AioRpcError as exc:
+        raise RPCError("grpc.health.v1.Health/Check", exc.code(), exc.details() or "") from None
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+
+
+async def probe_health(address: str, options: ClientOptions | None = None, timeout_s: float = 2.0) -> str:
+    """Like ``check_health`` on a fresh channel to ``address``; UNREACHABLE when nothing answers."""
+    async with create_channel(address, options) as channel:
+        try:
+            return await check_health(channel, timeout_s=timeout_s)
+        except RPCError as exc:
+            if exc.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                return "UNREACHABLE"
+            return exc.code.name
+
+
 class BaseClient:
     """Owns a channel and a stub; subclasses add one typed method per RPC."""
 
@@ -113,12 +135,7 @@ class BaseClient:
 
     async def health(self, service: str = "", timeout_s: float = 5.0) -> str:
         """The health status name (SERVING, NOT_SERVING, ...) of ``service`` ("" = the server)."""
-        stub = health_pb2_grpc.HealthStub(self.channel)
-        try:
-            reply = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout_s)
-        except grpc.aio.AioRpcError as exc:
-            raise RPCError("grpc.health.v1.Health/Check", exc.code(), exc.details() or "") from None
-        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+        return await check_health(self.channel, service, timeout_s)
 
     async def _unary(self, method: str, request: Any, timeout_s: float | None = None) -> Any:
         """Call unary ``method`` with a deadline, retrying on UNAVAILABLE; raise RPCError otherwise."""

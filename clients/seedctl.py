@@ -1,0 +1,361 @@
+"""``seedctl``: bring a local seedstack up, look at it, take it down.
+
+    seedctl up        a private redis-server (unless REDIS_URL is set), then every service as a
+                      subprocess; returns once each is SERVING
+    seedctl status    a table: service, address, health, uptime
+    seedctl logs SVC  a service's log (JSON lines); -f follows it
+    seedctl down      stops everything ``up`` started; no process is left behind
+
+State and logs live in a run directory (``--run-dir``, else ``SEEDSTACK_RUN_DIR``, else
+``runs/stack``), so several stacks can run side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from clients.base import probe_health
+from services.common.catalog import SERVICES, service_info
+
+STATE_FILE = "stack.json"
+DEFAULT_RUN_DIR = "runs/stack"
+
+
+class SeedctlError(Exception):
+    """A failure worth one line to the user (and a non-zero exit)."""
+
+
+@dataclass
+class ProcessState:
+    """One process this stack started."""
+
+    name: str
+    pid: int
+    log_path: str
+    started_unix_s: float
+    address: str = ""
+
+
+@dataclass
+class StackState:
+    """What ``up`` started, written to ``<run-dir>/stack.json``."""
+
+    run_dir: str
+    redis_url: str
+    redis: ProcessState | None = None
+    services: dict[str, ProcessState] = field(default_factory=dict)
+
+    def save(self) -> None:
+        path = Path(self.run_dir) / STATE_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2))
+        tmp.replace(path)  # atomic: a crash never leaves half a state file
+
+    @classmethod
+    def load(cls, run_dir: Path) -> StackState | None:
+        path = run_dir / STATE_FILE
+        if not path.exists():
+            return None
+        raw = json.loads(path.read_text())
+        redis = ProcessState(**raw["redis"]) if raw.get("redis") else None
+        services = {k: ProcessState(**v) for k, v in raw.get("services", {}).items()}
+        return cls(run_dir=raw["run_dir"], redis_url=raw["redis_url"], redis=redis, services=services)
+
+    def processes(self) -> list[ProcessState]:
+        return [*self.services.values(), *([self.redis] if self.redis else [])]
+
+
+def pid_alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie child counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return True
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _redis_answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def start_redis(run_dir: Path, timeout_s: float = 15.0) -> ProcessState:
+    """A private redis-server on a free loopback port, nothing persisted."""
+    exe = shutil.which("redis-server")
+    if exe is None:
+        raise SeedctlError("redis-server is not installed and REDIS_URL is not set (apt-get install redis-server)")
+    data_dir = run_dir / "redis"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log_path = run_dir / "logs" / "redis.log"
+    for _ in range(3):  # another process may take the port between probe and bind
+        port = _free_port()
+        proc = subprocess.Popen(
+            [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(data_dir), "--logfile", str(log_path.resolve())],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and proc.poll() is None:
+            if _redis_answers(port):
+                return ProcessState("redis", proc.pid, str(log_path), time.time(), f"127.0.0.1:{port}")
+            time.sleep(0.05)
+        if proc.poll() is None:
+            proc.kill()
+    raise SeedctlError(f"redis-server did not start; see {log_path}")
+
+
+def start_service(name: str, run_dir: Path, redis_url: str) -> ProcessState:
+    """``python -m services.<name>`` on a free port, logs to ``<run-dir>/logs/<name>.log``."""
+    info = service_info(name)
+    log_path = run_dir / "logs" / f"{name}.log"
+    env = dict(os.environ)
+    env.update({
+        "REDIS_URL": redis_url,
+        f"{info.env_prefix}PORT": "0",  # the real port reaches us through the service registry
+        f"{info.env_prefix}HOST": env.get(f"{info.env_prefix}HOST", "127.0.0.1"),
+        "PYTHONUNBUFFERED": "1",
+    })
+    env.setdefault("SEEDSTACK_TRACE_FILE", str((run_dir / "traces" / f"{name}.jsonl").resolve()))
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", f"services.{name}"], stdout=log, stderr=subprocess.STDOUT,
+                                env=env, start_new_session=True, cwd=Path(__file__).resolve().parent.parent)
+    return ProcessState(name, proc.pid, str(log_path), time.time())
+
+
+async def _registered_address(redis_url: str, name: str, pid: int) -> str:
+    """The address the process ``pid`` of service ``name`` registered, or ""."""
+    from services.common.redis_meta import RedisMeta, ServiceRegistry, connect
+
+    meta = RedisMeta(connect(redis_url, retries=1), "registry")
+    try:
+        for record in await ServiceRegistry(meta).resolve(name):
+            if int(record.get("pid", -1)) == pid and record.get("host") == socket.gethostname():
+                return str(record["address"])
+        return ""
+    finally:
+        await meta.close()
+
+
+def _tail(path: str, num_lines: int = 8) -> str:
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-num_lines:])
+    except OSError:
+        return "(no log)"
+
+
+def stop_processes(processes: list[ProcessState], grace_s: float = 10.0) -> int:
+    """SIGTERM each process group, SIGKILL what is left after ``grace_s``; returns how many ran."""
+    running = [p for p in processes if pid_alive(p.pid)]
+    for p in running:
+        try:
+            os.killpg(p.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and any(pid_alive(p.pid) for p in running):
+        _reap()
+        time.sleep(0.05)
+    for p in running:
+        if pid_alive(p.pid):
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    _reap()
+    return len(running)
+
+
+def _reap() -> None:
+    """Collect exited children so they don't linger as zombies."""
+    try:
+        while os.waitpid(-1, os.WNOHANG)[0] > 0:
+            pass
+    except ChildProcessError:
+        pass
+
+
+def up(run_dir: Path, timeout_s: float, only: list[str] | None = None) -> StackState:
+    """Start the stack; raise SeedctlError (after stopping what started) if any service fails."""
+    previous = StackState.load(run_dir)
+    if previous is not None:
+        alive = [p.name for p in previous.processes() if pid_alive(p.pid)]
+        if alive:
+            raise SeedctlError(f"a stack is already running in {run_dir} ({', '.join(alive)}); "
+                               f"run `seedctl --run-dir {run_dir} down` first")
+        print(f"seedctl: removing stale state of a stack that is no longer running in {run_dir}")
+        (run_dir / STATE_FILE).unlink()
+    names = only or [s.name for s in SERVICES]
+    for name in names:
+        service_info(name)
+    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+    state = StackState(run_dir=str(run_dir), redis_url=os.environ.get("REDIS_URL", ""))
+    try:
+        if not state.redis_url:
+            state.redis = start_redis(run_dir)
+            state.redis_url = f"redis://{state.redis.address}/0"
+            print(f"seedctl: redis-server on {state.redis.address} (pid {state.redis.pid})")
+        state.save()
+        for name in names:
+            state.services[name] = start_service(name, run_dir, state.redis_url)
+            state.save()
+        asyncio.run(_wait_serving(state, timeout_s))
+        state.save()
+    except BaseException:
+        stop_processes(state.processes())
+        (run_dir / STATE_FILE).unlink(missing_ok=True)
+        raise
+    return state
+
+
+async def _wait_serving(state: StackState, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    pending = dict(state.services)
+    while pending:
+        for name, proc in list(pending.items()):
+            if not pid_alive(proc.pid):
+                raise SeedctlError(f"{name} exited during start-up; last lines of {proc.log_path}:\n"
+                                   f"{_tail(proc.log_path)}")
+            if not proc.address:
+                proc.address = await _registered_address(state.redis_url, name, proc.pid)
+            if proc.address and await probe_health(proc.address) == "SERVING":
+                print(f"seedctl: {name:<11} SERVING on {proc.address} "
+                      f"({time.time() - proc.started_unix_s:.1f} s)")
+                del pending[name]
+        if pending and time.monotonic() > deadline:
+            status = {n: (p.address or "not registered") for n, p in pending.items()}
+            raise SeedctlError(f"not SERVING within {timeout_s:.0f} s: {status}; see {state.run_dir}/logs/")
+        if pending:
+            await asyncio.sleep(0.1)
+
+
+def _uptime(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"
+
+
+async def status_rows(state: StackState) -> list[tuple[str, str, str, str]]:
+    """(service, address, health, uptime) for each process of the stack."""
+    rows = []
+    if state.redis:
+        alive = pid_alive(state.redis.pid)
+        rows.append(("redis", state.redis.address, "SERVING" if alive and _redis_answers(
+            int(state.redis.address.rsplit(":", 1)[1])) else "DOWN", _uptime(time.time() - state.redis.started_unix_s)))
+    else:
+        rows.append(("redis", state.redis_url, "EXTERNAL", "-"))
+    for name, proc in state.services.items():
+        if not pid_alive(proc.pid):
+            rows.append((name, proc.address, "EXITED", "-"))
+            continue
+        rows.append((name, proc.address, await probe_health(proc.address) if proc.address else "STARTING",
+                     _uptime(time.time() - proc.started_unix_s)))
+    return rows
+
+
+def print_table(rows: list[tuple[str, str, str, str]]) -> None:
+    header = ("SERVICE", "ADDRESS", "HEALTH", "UPTIME")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _require_state(run_dir: Path) -> StackState:
+    state = StackState.load(run_dir)
+    if state is None:
+        raise SeedctlError(f"no stack in {run_dir} (start one with `seedctl --run-dir {run_dir} up`)")
+    return state
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="seedctl", description="Run and inspect a local seedstack.")
+    parser.add_argument("--run-dir", type=Path, default=Path(os.environ.get("SEEDSTACK_RUN_DIR", DEFAULT_RUN_DIR)),
+                        help="state and logs of this stack (default: $SEEDSTACK_RUN_DIR or runs/stack)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_up = sub.add_parser("up", help="start redis (unless REDIS_URL is set) and every service; wait until SERVING")
+    p_up.add_argument("--timeout-s", type=float, default=120.0, help="how long to wait for SERVING")
+    p_up.add_argument("--services", default="", help="comma-separated subset (default: all)")
+    sub.add_parser("status", help="table of service, address, health, uptime")
+    p_logs = sub.add_parser("logs", help="print a service's log")
+    p_logs.add_argument("service", help="service name, or redis")
+    p_logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    p_logs.add_argument("-n", "--lines", type=int, default=0, help="only the last N lines")
+    sub.add_parser("down", help="stop everything `up` started")
+    args = parser.parse_args(argv)
+    run_dir: Path = args.run_dir
+    try:
+        if args.command == "up":
+            only = [s.strip() for s in args.services.split(",") if s.strip()] or None
+            state = up(run_dir, args.timeout_s, only)
+            print(f"seedctl: stack up in {run_dir} (redis {state.redis_url}); `seedctl --run-dir {run_dir} down` "
+                  "stops it")
+            print_table(asyncio.run(status_rows(state)))
+        elif args.command == "status":
+            print_table(asyncio.run(status_rows(_require_state(run_dir))))
+        elif args.command == "logs":
+            _logs(_require_state(run_dir), args.service, args.follow, args.lines)
+        elif args.command == "down":
+            state = StackState.load(run_dir)
+            if state is None:
+                print(f"seedctl: nothing running in {run_dir}")
+                return 0
+            num = stop_processes(state.processes())
+            (run_dir / STATE_FILE).unlink(missing_ok=True)
+            print(f"seedctl: stopped {num} process(es) in {run_dir}")
+    except SeedctlError as exc:
+        print(f"seedctl: {exc}", file=sys.stderr)
+        return 1
+    except KeyError as exc:
+        print(f"seedctl: {exc.args[0]}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def _logs(state: StackState, service: str, follow: bool, num_lines: int) -> None:
+    procs: dict[str, Any] = {p.name: p for p in state.processes()}
+    if service not in procs:
+        raise SeedctlError(f"no process named {service!r} in this stack; have: {sorted(procs)}")
+    path = Path(procs[service].log_path)
+    with path.open(errors="replace") as f:
+        lines = f.readlines()
+        sys.stdout.writelines(lines[-num_lines:] if num_lines else lines)
+        sys.stdout.flush()
+        while follow:
+            line = f.readline()
+            if line:
+                sys.stdout.write(line)
+                sys.stdout.flush()
+            else:
+                time.sleep(0.2)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
