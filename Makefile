@@ -18,6 +18,7 @@ $(VENV)/.setup-done: pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH_SPEC)
 	$(BIN)/pip install --quiet -e ".[$(EXTRAS)]"
+	@echo "setup: $(VENV) ready (torch: $$($(BIN)/python -c 'import torch; print(torch.__version__)'))"
 	touch $@
 
 protos: setup
@@ -30,8 +31,11 @@ lint: setup
 test: setup
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
+# Until the main job lands (issue #9), `make run` brings the local stack up, shows it, takes it down.
+RUN_DIR ?= runs/make-run
 run: setup
-	$(BIN)/python -m clients.mainjob
+	@$(BIN)/seedctl --run-dir $(RUN_DIR) up && $(BIN)/seedctl --run-dir $(RUN_DIR) status; \
+	  rc=$$?; $(BIN)/seedctl --run-dir $(RUN_DIR) down; exit $$rc
 
 up: setup
 	$(BIN)/seedctl up

@@ -313,9 +313,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "up":
             only = [s.strip() for s in args.services.split(",") if s.strip()] or None
             state = up(run_dir, args.timeout_s, only)
-            print(f"seedctl: stack up in {run_dir} (redis {state.redis_url}); `seedctl --run-dir {run_dir} down` "
-                  "stops it")
-            print_table(asyncio.run(status_rows(state)))
+            print(f"seedctl: stack up in {run_dir} (redis {state.redis_url}); `seedctl --run-dir {run_dir} status` "
+                  "shows it, `seedctl --run-dir {run_dir} down` stops it")
         elif args.command == "status":
             print_table(asyncio.run(status_rows(_require_state(run_dir))))
         elif args.command == "logs":
