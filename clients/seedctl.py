@@ -312,19 +312,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "up":
             only = [s.strip() for s in args.services.split(",") if s.strip()] or None
-            state = up(run_dir, args.timeout_s, only)
-            print(f"seedctl: stack up in {run_dir} (redis {state.redis_url}); `seedctl --run-dir {run_dir} status` "
-                  "shows it, `seedctl --run-dir {run_dir} down` stops it")
+            started = up(run_dir, args.timeout_s, only)
+            print(f"seedctl: stack up in {run_dir} (redis {started.redis_url}); "
+                  f"`seedctl --run-dir {run_dir} status` shows it, `seedctl --run-dir {run_dir} down` stops it")
         elif args.command == "status":
             print_table(asyncio.run(status_rows(_require_state(run_dir))))
         elif args.command == "logs":
             _logs(_require_state(run_dir), args.service, args.follow, args.lines)
         elif args.command == "down":
-            state = StackState.load(run_dir)
-            if state is None:
+            existing = StackState.load(run_dir)
+            if existing is None:
                 print(f"seedctl: nothing running in {run_dir}")
                 return 0
-            num = stop_processes(state.processes())
+            num = stop_processes(existing.processes())
             (run_dir / STATE_FILE).unlink(missing_ok=True)
             print(f"seedctl: stopped {num} process(es) in {run_dir}")
     except SeedctlError as exc:
