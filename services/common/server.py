@@ -165,7 +165,7 @@ class ReadinessLoop:
         failing: dict[str, str] = {}
         for name, check in self._checks:
             try:
-                await asyncio.wait_for(check(), timeout=max(self._interval_s * 5, 2.0))
+                await asyncio.wait_for(check(), timeout=max(self._interval_s * 2, 2.0))
             except Exception as exc:
                 failing[name] = f"{type(exc).__name__}: {exc}"
         serving = not failing
@@ -215,6 +215,8 @@ async def create_service_server(
         peers = PeerHealth(ServiceRegistry(registry_meta), config.auth_token)
         grpc_server.on_close.append(peers.close)
         checks += [(dep, functools.partial(peers.check, dep)) for dep in info.depends_on]
+    # The standard health servicer starts out SERVING; nothing is ready until the checks say so.
+    await grpc_server.set_serving(False)
     ReadinessLoop(grpc_server, [*checks, *extra_checks]).start()
     return grpc_server
 
