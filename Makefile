@@ -5,7 +5,7 @@ VENV ?= .venv
 #   make setup TORCH_SPEC='torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128'
 TORCH_SPEC ?= torch==2.13.0
 # Extras installed by setup; ucx makes the UCX carrier's contract tests run for real.
-EXTRAS ?= dev,ucx
+EXTRAS ?= dev,ucx,gen3d
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 

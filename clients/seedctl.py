@@ -5,6 +5,7 @@
     seedctl status    a table: service, address, health, uptime
     seedctl logs SVC  a service's log (JSON lines); -f follows it
     seedctl down      stops everything ``up`` started; no process is left behind
+    seedctl gen3d IMG one image to a simulation-ready asset, with progress by stage
 
 State and logs live in a run directory (``--run-dir``, else ``SEEDSTACK_RUN_DIR``, else
 ``runs/stack``), so several stacks can run side by side.
@@ -307,6 +308,11 @@ def main(argv: list[str] | None = None) -> int:
     p_logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
     p_logs.add_argument("-n", "--lines", type=int, default=0, help="only the last N lines")
     sub.add_parser("down", help="stop everything `up` started")
+    p_gen3d = sub.add_parser("gen3d", help="turn one image into a simulation-ready asset (GLB, URDF, MJCF)")
+    p_gen3d.add_argument("image", type=Path, help="PNG or JPEG of one object")
+    p_gen3d.add_argument("--out", type=Path, default=Path("assets"), help="folder for the asset files")
+    p_gen3d.add_argument("--class", dest="object_class", default="", help="object class, e.g. mug (sets defaults)")
+    p_gen3d.add_argument("--size-m", type=float, default=0.0, help="largest dimension in metres (0 = class default)")
     args = parser.parse_args(argv)
     run_dir: Path = args.run_dir
     try:
@@ -319,6 +325,11 @@ def main(argv: list[str] | None = None) -> int:
             print_table(asyncio.run(status_rows(_require_state(run_dir))))
         elif args.command == "logs":
             _logs(_require_state(run_dir), args.service, args.follow, args.lines)
+        elif args.command == "gen3d":
+            from clients.gen3d import run_gen3d_cli
+
+            return asyncio.run(run_gen3d_cli(_service_target(run_dir, "gen3d"), args.image, args.out,
+                                             object_class=args.object_class, size_hint_m=args.size_m))
         elif args.command == "down":
             existing = StackState.load(run_dir)
             if existing is None:
@@ -336,6 +347,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     return 0
+
+
+def _service_target(run_dir: Path, service: str) -> str:
+    """The service's address in this run dir's stack, else REDIS_URL (resolved through the registry)."""
+    state = StackState.load(run_dir)
+    if state is not None and service in state.services and state.services[service].address:
+        return state.services[service].address
+    if os.environ.get("REDIS_URL"):
+        return os.environ["REDIS_URL"]
+    raise SeedctlError(f"no {service} in {run_dir} and REDIS_URL is not set; start a stack with `seedctl up`")
 
 
 def _logs(state: StackState, service: str, follow: bool, num_lines: int) -> None:

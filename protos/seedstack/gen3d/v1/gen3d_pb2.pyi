@@ -76,7 +76,7 @@ class ImageInput(_message.Message):
     def __init__(self, data: _Optional[bytes] = ..., store_path: _Optional[str] = ...) -> None: ...
 
 class AssetOptions(_message.Message):
-    __slots__ = ("size_hint_m", "object_class", "density_kg_per_m3", "wall_thickness_m", "backend", "collision_budget_s", "texture_size_px")
+    __slots__ = ("size_hint_m", "object_class", "density_kg_per_m3", "wall_thickness_m", "backend", "collision_budget_s", "texture_size_px", "solid")
     SIZE_HINT_M_FIELD_NUMBER: _ClassVar[int]
     OBJECT_CLASS_FIELD_NUMBER: _ClassVar[int]
     DENSITY_KG_PER_M3_FIELD_NUMBER: _ClassVar[int]
@@ -84,6 +84,7 @@ class AssetOptions(_message.Message):
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     COLLISION_BUDGET_S_FIELD_NUMBER: _ClassVar[int]
     TEXTURE_SIZE_PX_FIELD_NUMBER: _ClassVar[int]
+    SOLID_FIELD_NUMBER: _ClassVar[int]
     size_hint_m: float
     object_class: str
     density_kg_per_m3: float
@@ -91,7 +92,8 @@ class AssetOptions(_message.Message):
     backend: str
     collision_budget_s: float
     texture_size_px: int
-    def __init__(self, size_hint_m: _Optional[float] = ..., object_class: _Optional[str] = ..., density_kg_per_m3: _Optional[float] = ..., wall_thickness_m: _Optional[float] = ..., backend: _Optional[str] = ..., collision_budget_s: _Optional[float] = ..., texture_size_px: _Optional[int] = ...) -> None: ...
+    solid: bool
+    def __init__(self, size_hint_m: _Optional[float] = ..., object_class: _Optional[str] = ..., density_kg_per_m3: _Optional[float] = ..., wall_thickness_m: _Optional[float] = ..., backend: _Optional[str] = ..., collision_budget_s: _Optional[float] = ..., texture_size_px: _Optional[int] = ..., solid: _Optional[bool] = ...) -> None: ...
 
 class SubmitJobRequest(_message.Message):
     __slots__ = ("request_id", "image", "options")
@@ -182,17 +184,21 @@ class Inertia(_message.Message):
     def __init__(self, ixx: _Optional[float] = ..., iyy: _Optional[float] = ..., izz: _Optional[float] = ..., ixy: _Optional[float] = ..., ixz: _Optional[float] = ..., iyz: _Optional[float] = ...) -> None: ...
 
 class DropTest(_message.Message):
-    __slots__ = ("num_drops", "num_stable", "max_penetration_m")
+    __slots__ = ("num_drops", "num_stable", "max_penetration_m", "max_impact_penetration_m", "failures")
     NUM_DROPS_FIELD_NUMBER: _ClassVar[int]
     NUM_STABLE_FIELD_NUMBER: _ClassVar[int]
     MAX_PENETRATION_M_FIELD_NUMBER: _ClassVar[int]
+    MAX_IMPACT_PENETRATION_M_FIELD_NUMBER: _ClassVar[int]
+    FAILURES_FIELD_NUMBER: _ClassVar[int]
     num_drops: int
     num_stable: int
     max_penetration_m: float
-    def __init__(self, num_drops: _Optional[int] = ..., num_stable: _Optional[int] = ..., max_penetration_m: _Optional[float] = ...) -> None: ...
+    max_impact_penetration_m: float
+    failures: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, num_drops: _Optional[int] = ..., num_stable: _Optional[int] = ..., max_penetration_m: _Optional[float] = ..., max_impact_penetration_m: _Optional[float] = ..., failures: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class AssetReport(_message.Message):
-    __slots__ = ("name", "watertight", "num_vertices", "num_faces", "extents_m", "mass_kg", "center_of_mass_m", "inertia_kg_m2", "num_collision_hulls", "silhouette_iou", "drop_test")
+    __slots__ = ("name", "watertight", "num_vertices", "num_faces", "extents_m", "mass_kg", "center_of_mass_m", "inertia_kg_m2", "num_collision_hulls", "silhouette_iou", "drop_test", "texture_error", "geometry_method", "collision_method", "roughness", "metallic")
     NAME_FIELD_NUMBER: _ClassVar[int]
     WATERTIGHT_FIELD_NUMBER: _ClassVar[int]
     NUM_VERTICES_FIELD_NUMBER: _ClassVar[int]
@@ -204,6 +210,11 @@ class AssetReport(_message.Message):
     NUM_COLLISION_HULLS_FIELD_NUMBER: _ClassVar[int]
     SILHOUETTE_IOU_FIELD_NUMBER: _ClassVar[int]
     DROP_TEST_FIELD_NUMBER: _ClassVar[int]
+    TEXTURE_ERROR_FIELD_NUMBER: _ClassVar[int]
+    GEOMETRY_METHOD_FIELD_NUMBER: _ClassVar[int]
+    COLLISION_METHOD_FIELD_NUMBER: _ClassVar[int]
+    ROUGHNESS_FIELD_NUMBER: _ClassVar[int]
+    METALLIC_FIELD_NUMBER: _ClassVar[int]
     name: str
     watertight: bool
     num_vertices: int
@@ -215,7 +226,12 @@ class AssetReport(_message.Message):
     num_collision_hulls: int
     silhouette_iou: float
     drop_test: DropTest
-    def __init__(self, name: _Optional[str] = ..., watertight: _Optional[bool] = ..., num_vertices: _Optional[int] = ..., num_faces: _Optional[int] = ..., extents_m: _Optional[_Union[Vector3, _Mapping]] = ..., mass_kg: _Optional[float] = ..., center_of_mass_m: _Optional[_Union[Vector3, _Mapping]] = ..., inertia_kg_m2: _Optional[_Union[Inertia, _Mapping]] = ..., num_collision_hulls: _Optional[int] = ..., silhouette_iou: _Optional[float] = ..., drop_test: _Optional[_Union[DropTest, _Mapping]] = ...) -> None: ...
+    texture_error: float
+    geometry_method: str
+    collision_method: str
+    roughness: float
+    metallic: float
+    def __init__(self, name: _Optional[str] = ..., watertight: _Optional[bool] = ..., num_vertices: _Optional[int] = ..., num_faces: _Optional[int] = ..., extents_m: _Optional[_Union[Vector3, _Mapping]] = ..., mass_kg: _Optional[float] = ..., center_of_mass_m: _Optional[_Union[Vector3, _Mapping]] = ..., inertia_kg_m2: _Optional[_Union[Inertia, _Mapping]] = ..., num_collision_hulls: _Optional[int] = ..., silhouette_iou: _Optional[float] = ..., drop_test: _Optional[_Union[DropTest, _Mapping]] = ..., texture_error: _Optional[float] = ..., geometry_method: _Optional[str] = ..., collision_method: _Optional[str] = ..., roughness: _Optional[float] = ..., metallic: _Optional[float] = ...) -> None: ...
 
 class AssetFile(_message.Message):
     __slots__ = ("name", "size_bytes", "sha256", "store_path")
