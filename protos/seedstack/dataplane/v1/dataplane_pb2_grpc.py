@@ -108,8 +108,12 @@ class DataPlaneServicer:
     def PutSamples(self, request_iterator, context):
         """Streams scored samples into the experience buffer. Samples are deduplicated by
         (group_id, sample_index), so a retried stream is harmless; the response counts what was
-        accepted and dropped. INVALID_ARGUMENT (naming the sample) for a malformed sample, such as
-        mismatched token and log-prob lengths or a NaN reward; samples before it are kept.
+        accepted and dropped. A group is judged once each of its indexes is accepted or dropped: with
+        dynamic sampling, a group whose accepted rewards are all equal is dropped then (its samples
+        counted under DROP_REASON_UNIFORM_GROUP, in the response of the stream that settled it).
+        INVALID_ARGUMENT (naming the sample) for a malformed sample, such as mismatched token and
+        log-prob lengths, version spans that do not cover the completion, an unfinished sample or a
+        reward that is unset, NaN or outside [0, 1]; samples before it are kept.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -118,7 +122,12 @@ class DataPlaneServicer:
     def NextBatch(self, request, context):
         """Returns one rank's share of global batch `step`, waiting until it is built (bounded by the
         call's deadline). The same (rank, step) always returns the same samples. OUT_OF_RANGE for a
-        rank at or above num_ranks or a step before the last restore point.
+        rank at or above num_ranks, a step before the last restore point, a step older than the
+        retained window or too far ahead. RL plans: a batch is whole groups, oldest first, up to
+        global_batch_size samples; DEADLINE_EXCEEDED while too few samples are ready (retry).
+        Supervised samples carry metadata "source" and "seq"; RL samples "group_reward_mean",
+        "group_reward_std" and "group_size" (over the group's accepted samples), so a rank can
+        normalise advantages without the rest of the group.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -126,7 +135,7 @@ class DataPlaneServicer:
 
     def Checkpoint(self, request, context):
         """Records a checkpoint of the plan's cursors and buffer at a step: a delta against the last
-        base, in Redis.
+        base, in Redis. An RL plan checkpoints its present state: `step` must be its next RL step.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -135,6 +144,8 @@ class DataPlaneServicer:
     def Restore(self, request, context):
         """Rewinds the plan so that the next batches are exactly those an uninterrupted run serves from
         `step` on, optionally for a different number of ranks (the global batches stay the same).
+        Reopens a closed plan. An RL plan returns to the checkpoint at or before `step` (its buffer,
+        prompt stream and outstanding prompts); later batches depend on the samples that arrive.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
