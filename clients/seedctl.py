@@ -5,6 +5,7 @@
     seedctl status    a table: service, address, health, uptime
     seedctl logs SVC  a service's log (JSON lines); -f follows it
     seedctl down      stops everything ``up`` started; no process is left behind
+    seedctl incidents the robustness monitor's incident log
     seedctl gen3d IMG one image to a simulation-ready asset, with progress by stage
 
 State and logs live in a run directory (``--run-dir``, else ``SEEDSTACK_RUN_DIR``, else
@@ -23,6 +24,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -280,9 +282,11 @@ async def status_rows(state: StackState) -> list[tuple[str, str, str, str]]:
     return rows
 
 
-def print_table(rows: list[tuple[str, str, str, str]]) -> None:
-    header = ("SERVICE", "ADDRESS", "HEALTH", "UPTIME")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
+def print_table(rows: Sequence[Sequence[str]], header: Sequence[str] = ("SERVICE", "ADDRESS", "HEALTH", "UPTIME")
+                ) -> None:
+    """Rows under an upper-case header, columns padded to their widest cell."""
+    header = [h.upper() for h in header]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
 
@@ -308,6 +312,9 @@ def main(argv: list[str] | None = None) -> int:
     p_logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
     p_logs.add_argument("-n", "--lines", type=int, default=0, help="only the last N lines")
     sub.add_parser("down", help="stop everything `up` started")
+    p_inc = sub.add_parser("incidents", help="the robustness monitor's incident log as a table")
+    p_inc.add_argument("--job", default="", help="only this job's incidents")
+    p_inc.add_argument("-n", "--max", type=int, default=50, help="at most this many, newest first")
     p_gen3d = sub.add_parser("gen3d", help="turn one image into a simulation-ready asset (GLB, URDF, MJCF)")
     p_gen3d.add_argument("image", type=Path, help="PNG or JPEG of one object")
     p_gen3d.add_argument("--out", type=Path, default=Path("assets"), help="folder for the asset files")
@@ -325,6 +332,11 @@ def main(argv: list[str] | None = None) -> int:
             print_table(asyncio.run(status_rows(_require_state(run_dir))))
         elif args.command == "logs":
             _logs(_require_state(run_dir), args.service, args.follow, args.lines)
+        elif args.command == "incidents":
+            from clients.robustness import INCIDENT_COLUMNS, incidents_table
+
+            rows = asyncio.run(incidents_table(_service_target(run_dir, "robustness"), args.job, args.max))
+            print_table([[row[c] for c in INCIDENT_COLUMNS] for row in rows], INCIDENT_COLUMNS)
         elif args.command == "gen3d":
             from clients.gen3d import run_gen3d_cli
 

@@ -5,13 +5,23 @@ from __future__ import annotations
 from seedstack.robustness.v1 import robustness_pb2_grpc
 
 from services.common.catalog import service_info
+from services.common.redis_meta import RedisMeta
 from services.common.server import GrpcServer, create_service_server
 from services.robustness.config import RobustnessConfig
-from services.robustness.servicer import create_servicer
+from services.robustness.core import Controller
+from services.robustness.servicer import RobustnessServicer
 
 
 async def create_server(config: RobustnessConfig) -> GrpcServer:
-    """A server with the Robustness servicer; SERVING once Redis answers."""
-    return await create_service_server(
-        service_info("robustness"), config, [(robustness_pb2_grpc.add_RobustnessServicer_to_server, create_servicer())]
+    """A server with the Robustness servicer and its controller (rebuilt from Redis); SERVING once Redis answers."""
+    meta = RedisMeta.from_url(config.redis_url, "robustness")
+    controller = Controller(config, meta)
+    await controller.start()
+    server = await create_service_server(
+        service_info("robustness"),
+        config,
+        [(robustness_pb2_grpc.add_RobustnessServicer_to_server, RobustnessServicer(controller))],
     )
+    server.on_close.append(meta.close)
+    server.on_close.append(controller.close)
+    return server

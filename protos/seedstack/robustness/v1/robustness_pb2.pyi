@@ -29,6 +29,7 @@ class CommandKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     COMMAND_KIND_DUMP_STACKS: _ClassVar[CommandKind]
     COMMAND_KIND_RESTART_PROCESS: _ClassVar[CommandKind]
     COMMAND_KIND_STOP_PROCESS: _ClassVar[CommandKind]
+    COMMAND_KIND_ADOPT_RANK: _ClassVar[CommandKind]
 
 class FaultKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -69,6 +70,7 @@ COMMAND_KIND_UNSPECIFIED: CommandKind
 COMMAND_KIND_DUMP_STACKS: CommandKind
 COMMAND_KIND_RESTART_PROCESS: CommandKind
 COMMAND_KIND_STOP_PROCESS: CommandKind
+COMMAND_KIND_ADOPT_RANK: CommandKind
 FAULT_KIND_UNSPECIFIED: FaultKind
 FAULT_KIND_CRASH: FaultKind
 FAULT_KIND_HANG: FaultKind
@@ -97,7 +99,7 @@ class ProcessGroup(_message.Message):
     def __init__(self, name: _Optional[str] = ..., ranks: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class RegisterAgentRequest(_message.Message):
-    __slots__ = ("request_id", "job_id", "rank", "world_size", "topology", "pid", "groups")
+    __slots__ = ("request_id", "job_id", "rank", "world_size", "topology", "pid", "groups", "standby")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
@@ -105,6 +107,7 @@ class RegisterAgentRequest(_message.Message):
     TOPOLOGY_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
     GROUPS_FIELD_NUMBER: _ClassVar[int]
+    STANDBY_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     job_id: str
     rank: int
@@ -112,15 +115,18 @@ class RegisterAgentRequest(_message.Message):
     topology: _common_pb2.TopologyLabels
     pid: int
     groups: _containers.RepeatedCompositeFieldContainer[ProcessGroup]
-    def __init__(self, request_id: _Optional[str] = ..., job_id: _Optional[str] = ..., rank: _Optional[int] = ..., world_size: _Optional[int] = ..., topology: _Optional[_Union[_common_pb2.TopologyLabels, _Mapping]] = ..., pid: _Optional[int] = ..., groups: _Optional[_Iterable[_Union[ProcessGroup, _Mapping]]] = ...) -> None: ...
+    standby: bool
+    def __init__(self, request_id: _Optional[str] = ..., job_id: _Optional[str] = ..., rank: _Optional[int] = ..., world_size: _Optional[int] = ..., topology: _Optional[_Union[_common_pb2.TopologyLabels, _Mapping]] = ..., pid: _Optional[int] = ..., groups: _Optional[_Iterable[_Union[ProcessGroup, _Mapping]]] = ..., standby: _Optional[bool] = ...) -> None: ...
 
 class RegisterAgentResponse(_message.Message):
-    __slots__ = ("agent_id", "heartbeat_interval_s")
+    __slots__ = ("agent_id", "heartbeat_interval_s", "generation")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     heartbeat_interval_s: float
-    def __init__(self, agent_id: _Optional[str] = ..., heartbeat_interval_s: _Optional[float] = ...) -> None: ...
+    generation: int
+    def __init__(self, agent_id: _Optional[str] = ..., heartbeat_interval_s: _Optional[float] = ..., generation: _Optional[int] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
     __slots__ = ("step", "phase")
@@ -181,7 +187,7 @@ class CheckpointSaved(_message.Message):
     def __init__(self, step: _Optional[int] = ..., path: _Optional[str] = ..., sha256: _Optional[str] = ...) -> None: ...
 
 class ReportRequest(_message.Message):
-    __slots__ = ("agent_id", "observed_at", "heartbeat", "step_metrics", "process_exit", "log_match", "stack_dump", "checkpoint_saved")
+    __slots__ = ("agent_id", "observed_at", "heartbeat", "step_metrics", "process_exit", "log_match", "stack_dump", "checkpoint_saved", "action_result", "checkpoint_rejected")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     OBSERVED_AT_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
@@ -190,6 +196,8 @@ class ReportRequest(_message.Message):
     LOG_MATCH_FIELD_NUMBER: _ClassVar[int]
     STACK_DUMP_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_SAVED_FIELD_NUMBER: _ClassVar[int]
+    ACTION_RESULT_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_REJECTED_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     observed_at: _timestamp_pb2.Timestamp
     heartbeat: Heartbeat
@@ -198,7 +206,35 @@ class ReportRequest(_message.Message):
     log_match: LogMatch
     stack_dump: StackDump
     checkpoint_saved: CheckpointSaved
-    def __init__(self, agent_id: _Optional[str] = ..., observed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., step_metrics: _Optional[_Union[StepMetrics, _Mapping]] = ..., process_exit: _Optional[_Union[ProcessExit, _Mapping]] = ..., log_match: _Optional[_Union[LogMatch, _Mapping]] = ..., stack_dump: _Optional[_Union[StackDump, _Mapping]] = ..., checkpoint_saved: _Optional[_Union[CheckpointSaved, _Mapping]] = ...) -> None: ...
+    action_result: ActionResult
+    checkpoint_rejected: CheckpointRejected
+    def __init__(self, agent_id: _Optional[str] = ..., observed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., step_metrics: _Optional[_Union[StepMetrics, _Mapping]] = ..., process_exit: _Optional[_Union[ProcessExit, _Mapping]] = ..., log_match: _Optional[_Union[LogMatch, _Mapping]] = ..., stack_dump: _Optional[_Union[StackDump, _Mapping]] = ..., checkpoint_saved: _Optional[_Union[CheckpointSaved, _Mapping]] = ..., action_result: _Optional[_Union[ActionResult, _Mapping]] = ..., checkpoint_rejected: _Optional[_Union[CheckpointRejected, _Mapping]] = ...) -> None: ...
+
+class ActionResult(_message.Message):
+    __slots__ = ("command_id", "done", "detail", "duration_s")
+    COMMAND_ID_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    DURATION_S_FIELD_NUMBER: _ClassVar[int]
+    command_id: str
+    done: bool
+    detail: str
+    duration_s: float
+    def __init__(self, command_id: _Optional[str] = ..., done: _Optional[bool] = ..., detail: _Optional[str] = ..., duration_s: _Optional[float] = ...) -> None: ...
+
+class CheckpointRejected(_message.Message):
+    __slots__ = ("step", "path", "expected_sha256", "actual_sha256", "fallback_step")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_SHA256_FIELD_NUMBER: _ClassVar[int]
+    ACTUAL_SHA256_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_STEP_FIELD_NUMBER: _ClassVar[int]
+    step: int
+    path: str
+    expected_sha256: str
+    actual_sha256: str
+    fallback_step: int
+    def __init__(self, step: _Optional[int] = ..., path: _Optional[str] = ..., expected_sha256: _Optional[str] = ..., actual_sha256: _Optional[str] = ..., fallback_step: _Optional[int] = ...) -> None: ...
 
 class ReportResponse(_message.Message):
     __slots__ = ("num_accepted", "num_ignored")
@@ -215,16 +251,24 @@ class WatchCommandsRequest(_message.Message):
     def __init__(self, agent_id: _Optional[str] = ...) -> None: ...
 
 class WatchCommandsResponse(_message.Message):
-    __slots__ = ("command_id", "kind", "incident_id", "reason")
+    __slots__ = ("command_id", "kind", "incident_id", "reason", "resume_step", "skip_data_until_step", "rank", "generation")
     COMMAND_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     INCIDENT_ID_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    RESUME_STEP_FIELD_NUMBER: _ClassVar[int]
+    SKIP_DATA_UNTIL_STEP_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
     command_id: str
     kind: CommandKind
     incident_id: str
     reason: str
-    def __init__(self, command_id: _Optional[str] = ..., kind: _Optional[_Union[CommandKind, str]] = ..., incident_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+    resume_step: int
+    skip_data_until_step: int
+    rank: int
+    generation: int
+    def __init__(self, command_id: _Optional[str] = ..., kind: _Optional[_Union[CommandKind, str]] = ..., incident_id: _Optional[str] = ..., reason: _Optional[str] = ..., resume_step: _Optional[int] = ..., skip_data_until_step: _Optional[int] = ..., rank: _Optional[int] = ..., generation: _Optional[int] = ...) -> None: ...
 
 class ListIncidentsRequest(_message.Message):
     __slots__ = ("job_id", "since", "max_incidents")
