@@ -11,10 +11,13 @@ import mmap
 import os
 import uuid
 import weakref
+from typing import TYPE_CHECKING
 
 import torch
 
-from services.common.transport.meta import TensorMeta
+if TYPE_CHECKING:
+    # Annotation only: meta.compute_meta needs as_bytes from here at run time.
+    from services.common.transport.meta import TensorMeta
 
 
 def as_bytes(tensor: torch.Tensor) -> torch.Tensor:
@@ -33,7 +36,7 @@ def host_view(flat: torch.Tensor) -> memoryview:
     """Writable memoryview over a CPU ``uint8`` tensor (what ``recv_into``/``sendall`` take)."""
     if flat.is_cuda:
         raise ValueError("CUDA memory has no host memoryview; stage it through a pinned buffer")
-    return memoryview(flat.numpy())
+    return flat.numpy().data
 
 
 def destination_bytes(meta: TensorMeta, dst: torch.Tensor) -> torch.Tensor:

@@ -14,9 +14,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from services.common.errors import SeedstackError
 
-class TransferError(Exception):
-    """Base of every tensor-plane error."""
+
+class TransferError(SeedstackError):
+    """Base of every tensor-plane error; one of the runtime's domain errors, so a service that lets
+    one escape answers with its ``code`` through the one error interceptor."""
 
     code = "INTERNAL"
     retryable = False
@@ -36,12 +39,6 @@ class TransferError(Exception):
         self.name = name
         self.verified_chunks: tuple[int, ...] = tuple(sorted(verified_chunks))
         self.missing_chunks: tuple[int, ...] = tuple(sorted(missing_chunks))
-
-    def with_progress(self, verified: Iterable[int], missing: Iterable[int]) -> TransferError:
-        """Attach which chunks are done and which are not; returns ``self`` for ``raise``."""
-        self.verified_chunks = tuple(sorted(verified))
-        self.missing_chunks = tuple(sorted(missing))
-        return self
 
 
 class ChunkHashMismatch(TransferError):

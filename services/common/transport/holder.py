@@ -15,6 +15,7 @@ import math
 import socket
 import uuid
 from collections.abc import AsyncIterator, Sequence
+from typing import Protocol
 
 import torch
 
@@ -24,6 +25,7 @@ from services.common.transport.meta import (
     CARRIERS,
     DEFAULT_CHUNK_SIZE_BYTES,
     DEFAULT_HASH_ALGO,
+    HASH_ALGOS,
     CarrierAddress,
     TensorMeta,
     TensorRef,
@@ -59,16 +61,14 @@ def default_advertise_host() -> str:
         return "127.0.0.1"
 
 
-class _Server:
+class _Server(Protocol):
     """What the holder needs of a carrier server."""
 
     carrier: str
 
-    def start(self) -> CarrierAddress:
-        raise NotImplementedError
+    def start(self) -> CarrierAddress: ...
 
-    def close(self) -> None:
-        raise NotImplementedError
+    def close(self) -> None: ...
 
 
 class TensorHolder:
@@ -126,6 +126,10 @@ class TensorHolder:
             raise ValueError(f"carriers must include 'tcp', got {names}")
         if "shm" in names and not self.capabilities.shm:
             raise ValueError("carrier 'shm' requested but shared memory is not available on this host")
+        if chunk_size_bytes <= 0:
+            raise ValueError(f"chunk_size_bytes must be > 0, got {chunk_size_bytes}")
+        if hash_algo not in HASH_ALGOS:
+            raise ValueError(f"unknown hash algorithm {hash_algo!r}; expected one of {HASH_ALGOS}")
         self._carrier_names = names
         self._bind_host = bind_host
         if advertise_host is None:
@@ -147,7 +151,11 @@ class TensorHolder:
         """Start a server per carrier; :attr:`carriers` is valid afterwards."""
         if self._started:
             return
-        await asyncio.to_thread(self._start_servers)
+        try:
+            await asyncio.to_thread(self._start_servers)
+        except BaseException:
+            await self.close()  # a carrier that failed to start must not leave the others serving
+            raise
         self._started = True
         logger.info(
             "tensor holder %s serving on %s",
@@ -185,7 +193,10 @@ class TensorHolder:
                 from services.common.transport.ucx import UcxServer
 
                 server = UcxServer(
-                    self._leases, advertise_host=self._advertise_host, host_id=host_id, stall_timeout_s=self._stall_timeout_s
+                    self._leases,
+                    advertise_host=self._advertise_host,
+                    host_id=host_id,
+                    stall_timeout_s=self._stall_timeout_s,
                 )
             else:
                 from services.common.transport.nixl import NixlServer
@@ -208,6 +219,7 @@ class TensorHolder:
     async def close(self) -> None:
         """Stop every server; open reads are cut (their readers get ``PeerDisconnected``)."""
         servers, self._servers = self._servers, []
+        self._addresses = []
         for server in servers:
             await asyncio.to_thread(server.close)
         for segment in self._segments:
@@ -267,10 +279,10 @@ class TensorHolder:
                 chunk_size_bytes=chunk_size_bytes or self._chunk_size_bytes,
                 hash_algo=self._hash_algo,
             )
-        elif meta.name != name or meta.size_bytes != flat.numel() or meta.dtype not in (dtype_name(tensor.dtype), "uint8"):
+        elif (meta.name, meta.dtype, meta.shape) != (name, dtype_name(tensor.dtype), tuple(tensor.shape)):
             raise ValueError(
-                f"metadata ({meta.name!r}, {meta.dtype}, {meta.size_bytes} bytes) does not describe tensor "
-                f"{name!r} ({dtype_name(tensor.dtype)}, {flat.numel()} bytes)"
+                f"metadata ({meta.name!r}, {meta.dtype}, {list(meta.shape)}) does not describe tensor "
+                f"{name!r} ({dtype_name(tensor.dtype)}, {list(tensor.shape)})"
             )
         entry = Entry(meta=meta, tensor=tensor, flat=flat)
         for segment in self._segments:
@@ -279,7 +291,13 @@ class TensorHolder:
                 entry.segment, entry.segment_offset = segment, offset
                 break
         self._leases.add(entry)
-        logger.debug("registered %r: %d bytes, %d chunks, shm=%s", name, meta.size_bytes, meta.num_chunks, entry.segment is not None)
+        logger.debug(
+            "registered %r: %d bytes, %d chunks, shm=%s",
+            name,
+            meta.size_bytes,
+            meta.num_chunks,
+            entry.segment is not None,
+        )
         return self._ref(entry)
 
     def _ref(self, entry: Entry) -> TensorRef:

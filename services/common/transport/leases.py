@@ -16,7 +16,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -42,7 +42,6 @@ class Entry:
     readers: int = 0
     writing: bool = False
     removed: bool = False
-    reads_served: int = field(default=0)
 
 
 class ReadLease:
@@ -170,7 +169,6 @@ class LeaseTable:
             if self._active_reads >= self._max_reads:
                 raise HolderBusy(f"holder serves {self._active_reads} reads already (its limit)", name=name)
             entry.readers += 1
-            entry.reads_served += 1
             self._active_reads += 1
             return ReadLease(self, entry)
 

@@ -23,6 +23,8 @@ from typing import Any
 import torch
 import xxhash
 
+from services.common.transport.buffers import as_bytes
+
 DEFAULT_CHUNK_SIZE_BYTES = 4 << 20
 """4 MiB: large enough that per-chunk overhead (a syscall, a hash call) is noise, small enough that a
 re-plan after a failure repeats little and that a 256 MiB model spreads over many holders."""
@@ -124,9 +126,7 @@ class TensorMeta:
             # Frozen dataclass: the derived field is set once, here.
             object.__setattr__(self, "root_hash", root)
         elif self.root_hash != root:
-            raise ValueError(
-                f"root_hash {self.root_hash} of {self.name!r} does not match its chunk hashes ({root})"
-            )
+            raise ValueError(f"root_hash {self.root_hash} of {self.name!r} does not match its chunk hashes ({root})")
 
     def _compute_root_hash(self) -> str:
         # The name is left out on purpose: the same bytes under another name are the same content.
@@ -154,8 +154,7 @@ class TensorMeta:
         """Indices of the chunks that overlap ``byte_range`` (read these to get those bytes verified)."""
         if byte_range.end > self.size_bytes:
             raise ValueError(
-                f"byte range [{byte_range.offset}, {byte_range.end}) exceeds {self.name!r} "
-                f"of {self.size_bytes} bytes"
+                f"byte range [{byte_range.offset}, {byte_range.end}) exceeds {self.name!r} of {self.size_bytes} bytes"
             )
         if byte_range.length == 0:
             return range(0)
@@ -218,15 +217,13 @@ def compute_meta(
     hash_algo: str = DEFAULT_HASH_ALGO,
 ) -> TensorMeta:
     """Chunk and hash ``tensor`` (contiguous; CPU, or CUDA through a host copy per chunk)."""
-    from services.common.transport.buffers import as_bytes  # local: buffers imports this module
-
     flat = as_bytes(tensor)
     hashes: list[str] = []
     for piece in iter_chunks(flat.numel(), chunk_size_bytes):
         chunk = flat[piece.offset : piece.end]
         if chunk.is_cuda:
             chunk = chunk.cpu()
-        hashes.append(hash_bytes(hash_algo, memoryview(chunk.numpy())))
+        hashes.append(hash_bytes(hash_algo, chunk.numpy().data))
     return TensorMeta(
         name=name,
         dtype=dtype_name(tensor.dtype),

@@ -187,7 +187,9 @@ class NixlClient:
     def _connect(self, address: CarrierAddress, deadline: float) -> socket.socket:
         host, port = split_host_port(address.address)
         try:
-            sock = socket.create_connection((host, port), timeout=min(self._connect_timeout_s, max(deadline - time.monotonic(), 0.001)))
+            sock = socket.create_connection(
+                (host, port), timeout=min(self._connect_timeout_s, max(deadline - time.monotonic(), 0.001))
+            )
         except OSError as exc:
             raise PeerDisconnected(f"cannot connect to nixl {address.address}: {exc}") from exc
         sock.settimeout(None)
@@ -204,8 +206,15 @@ class NixlClient:
                 self._remotes[name] = added.decode() if isinstance(added, bytes) else str(added)
             return self._remotes[name]
 
-    def _fetch(self, job: BlockingJob, address: CarrierAddress, meta: TensorMeta, sink: ChunkSink, deadline: float) -> str:
-        request = {"op": "open", "name": meta.name, "root_hash": meta.root_hash, "ranges": wire.ranges_to_wire(sink.ranges)}
+    def _fetch(
+        self, job: BlockingJob, address: CarrierAddress, meta: TensorMeta, sink: ChunkSink, deadline: float
+    ) -> str:
+        request = {
+            "op": "open",
+            "name": meta.name,
+            "root_hash": meta.root_hash,
+            "ranges": wire.ranges_to_wire(sink.ranges),
+        }
         sock = self._pool.take(address.address) or self._connect(address, deadline)
         job.attach(sock)
         try:
@@ -231,7 +240,9 @@ class NixlClient:
         remote_descs = agent.get_xfer_descs(
             [(base + r.offset, r.length, int(reply["dev_id"])) for r in sink.ranges], str(reply["mem_type"])
         )
-        local_descs = agent.get_xfer_descs([(local_base + r.offset, r.length, local_dev) for r in sink.ranges], local_type)
+        local_descs = agent.get_xfer_descs(
+            [(local_base + r.offset, r.length, local_dev) for r in sink.ranges], local_type
+        )
         registered = agent.register_memory(agent.get_reg_descs(sink.flat, local_type))
         handle = None
         try:

@@ -158,8 +158,9 @@ class TensorReader:
                 ``missing_chunks``; chunks not verified hold undefined bytes.
         """
         meta = ref.meta
-        assembly = dst if isinstance(dst, TensorAssembly) else None
-        if assembly is not None:
+        assembly: TensorAssembly | None = None
+        if isinstance(dst, TensorAssembly):
+            assembly = dst
             if assembly.meta.root_hash != meta.root_hash:
                 raise ValueError(
                     f"assembly is for {assembly.meta.name!r} content {assembly.meta.root_hash}, the reference "
@@ -167,7 +168,6 @@ class TensorReader:
                 )
             flat = assembly.flat
         else:
-            assert isinstance(dst, torch.Tensor)
             flat = destination_bytes(meta, dst)
         wanted = self._wanted_chunks(meta, chunks, assembly)
         choice = self.choose(ref, dst_is_cuda=bool(flat.is_cuda), carrier=carrier)
@@ -180,7 +180,7 @@ class TensorReader:
         sink = ChunkSink(meta, flat, wanted, on_verified=callbacks)
         started = time.monotonic()
         detail = ""
-        attributes = {
+        attributes: dict[str, str | int] = {
             "transport.tensor": meta.name,
             "transport.carrier": choice.carrier,
             "transport.holder": ref.holder_id,
@@ -237,7 +237,8 @@ class TensorReader:
     @staticmethod
     def _failed(exc: TransferError, ref: TensorRef, choice: CarrierChoice, sink: ChunkSink) -> TransferError:
         """The same error type, with where it happened and which chunks are done."""
-        where = f"reading {ref.meta.name!r} from holder {ref.holder_id or '?'} via {choice.carrier} {choice.address.address}"
+        holder = ref.holder_id or "?"
+        where = f"reading {ref.meta.name!r} from holder {holder} via {choice.carrier} {choice.address.address}"
         kwargs: dict[str, object] = {}
         if isinstance(exc, ChunkHashMismatch):
             kwargs["bad_chunks"] = exc.bad_chunks
@@ -248,9 +249,7 @@ class TensorReader:
             missing_chunks=sink.missing(),
             **kwargs,  # type: ignore[arg-type]
         )
-        logger.warning(
-            "%s failed after %d of %d chunks: %s", where, len(sink.verified), len(sink.chunks), exc.message
-        )
+        logger.warning("%s failed after %d of %d chunks: %s", where, len(sink.verified), len(sink.chunks), exc.message)
         return error
 
     async def close(self) -> None:

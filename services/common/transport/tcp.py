@@ -133,7 +133,9 @@ class TcpClient:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock
 
-    def _fetch(self, job: BlockingJob, address: CarrierAddress, meta: TensorMeta, sink: ChunkSink, deadline: float) -> str:
+    def _fetch(
+        self, job: BlockingJob, address: CarrierAddress, meta: TensorMeta, sink: ChunkSink, deadline: float
+    ) -> str:
         request = {
             "op": "read",
             "name": meta.name,
@@ -160,6 +162,10 @@ class TcpClient:
                 reply, _ = wire.recv_message(sock, deadline)
             if reply.get("ok", False):
                 for k in range(len(sink.ranges)):
+                    if job.aborted:
+                        # shutdown() only stops a blocked recv; data already queued would still
+                        # be read, so a cancelled read also stops here, between chunks.
+                        raise PeerDisconnected("read cancelled")
                     wire.recv_exact(sock, sink.host_target(k), deadline)
                     sink.commit(k)
         except BaseException:

@@ -16,7 +16,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -40,15 +40,6 @@ def pattern(shape: Sequence[int], dtype: torch.dtype, seed: int) -> torch.Tensor
     if dtype == torch.bool:
         raw &= 1  # only 0 and 1 are valid bools
     return raw.view(dtype).reshape(tuple(shape))
-
-
-async def wait_until(condition: Callable[[], Awaitable[bool]], *, timeout_s: float = 10.0, what: str = "") -> None:
-    """Poll ``condition`` until it holds; ``AssertionError`` naming ``what`` after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while not await condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not true within {timeout_s} s: {what}")
-        await asyncio.sleep(0.02)
 
 
 class HolderCommandError(RuntimeError):

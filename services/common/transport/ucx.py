@@ -8,7 +8,10 @@ transports UCX reports are logged with every transfer so that a fallback never p
 All ``ucxx`` work runs on one private event loop in a background thread (:class:`UcxRuntime`): the
 ucxx application context is process-global and binds its progress to an event loop, while callers
 come from whatever loop they run (pytest makes a new one per test). UCX progresses in its own C++
-thread ("thread" progress mode), so nothing polls from Python.
+thread ("thread" progress mode) and completes requests through Python futures set by ucxx's notifier
+thread. That last part matters: by default ucxx waits for a request by looping on
+``asyncio.sleep(0)``, which keeps a core at 100 % for as long as any receive is posted, i.e. for the
+whole life of an idle holder connection.
 
 Endpoint error handling is enabled on both sides: if one side enables it and the other does not,
 a peer failure leaves both hanging.
@@ -61,6 +64,16 @@ class UcxRuntime:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self._run, name="transport-ucx", daemon=True)
         self.thread.start()
+        self.call(self._init(), 30.0)
+
+    @staticmethod
+    async def _init() -> None:
+        import ucxx
+
+        # Futures completed by ucxx's notifier thread instead of its default busy wait (see the
+        # module docstring). Created here, on the runtime's daemon thread, the notifier thread is a
+        # daemon too, so it cannot keep the process alive at exit.
+        ucxx.init(progress_mode="thread", enable_python_future=True)
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
@@ -346,7 +359,12 @@ class UcxClient:
         return reply
 
     async def _fetch_within(self, address: CarrierAddress, meta: TensorMeta, sink: ChunkSink, deadline: float) -> str:
-        request = {"op": "read", "name": meta.name, "root_hash": meta.root_hash, "ranges": wire.ranges_to_wire(sink.ranges)}
+        request = {
+            "op": "read",
+            "name": meta.name,
+            "root_hash": meta.root_hash,
+            "ranges": wire.ranges_to_wire(sink.ranges),
+        }
         idle = self._idle.setdefault(address.address, [])
         ep = idle.pop() if idle else None
         reused = ep is not None
@@ -359,7 +377,7 @@ class UcxClient:
             except TransferError:
                 raise
             except Exception as exc:
-                if not reused:
+                if not reused or ep is None:
                     raise PeerDisconnected(f"ucx holder {address.address} went away: {_describe(exc)}") from exc
                 ep.abort()  # a pooled endpoint whose holder restarted or closed it: one fresh try
                 ep = await self._connect(address, deadline)

@@ -13,6 +13,7 @@ import os
 import signal
 import threading
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -33,7 +34,8 @@ from services.common.transport import (
     UnknownTensor,
     compute_meta,
 )
-from services.common.transport.testing import HolderProcess, pattern, wait_until
+from services.common.transport.testing import HolderProcess, pattern
+from tests.support import assert_eventually
 
 DTYPES = [
     ((1000, 257), torch.float32),
@@ -44,6 +46,18 @@ DTYPES = [
     ((0,), torch.float32),
     ((), torch.float64),
 ]
+
+
+def _more_than_socket_buffers() -> int:
+    """Elements of float32 that loopback socket buffers cannot hold at once, so a holder is still
+    sending (and holding its lease) while its reader pauses."""
+    size_bytes = 0
+    for path in ("/proc/sys/net/ipv4/tcp_rmem", "/proc/sys/net/ipv4/tcp_wmem"):
+        try:
+            size_bytes += int(Path(path).read_text().split()[-1])
+        except (OSError, ValueError, IndexError):
+            size_bytes += 32 << 20
+    return max(64 << 20, 2 * size_bytes) // 4
 
 
 def _bytes(t: torch.Tensor) -> torch.Tensor:
@@ -154,13 +168,11 @@ async def test_many_concurrent_readers(holder: HolderProcess, reader: TensorRead
     async def no_reads_left() -> bool:
         return bool(await holder.acall("active_reads", name=ref.meta.name) == 0)
 
-    await wait_until(no_reads_left, what="holder released every read lease")
+    await assert_eventually(no_reads_left, message="holder released every read lease")
 
 
 async def test_read_lease_blocks_overwrite(holder: HolderProcess, reader: TensorReader, carrier: str) -> None:
-    # 64 MiB is more than loopback socket buffers hold, so the holder is still sending (and holding
-    # its lease) while the reader is paused after its first chunk.
-    shape, dtype = (16 << 20,), torch.float32
+    shape, dtype = (_more_than_socket_buffers(),), torch.float32
     name = f"lease-{carrier}"
     ref = holder.register(name, shape, dtype, seed=4)
     first_chunk = threading.Event()
@@ -207,20 +219,22 @@ async def test_cancelled_read_releases_its_lease(holder: HolderProcess, reader: 
             first_chunk.set()
             resume.wait(30)
 
-    read = asyncio.create_task(reader.read(ref, torch.empty(shape, dtype=dtype), carrier=carrier, on_chunk=pause_after_first))
+    read = asyncio.create_task(
+        reader.read(ref, torch.empty(shape, dtype=dtype), carrier=carrier, on_chunk=pause_after_first)
+    )
     assert await asyncio.to_thread(first_chunk.wait, 20)
     read.cancel()
     resume.set()
     with pytest.raises(asyncio.CancelledError):
         await read
     written = len(seen)
-    assert written < ref.meta.num_chunks  # stopped, and nothing lands after read() returned:
-    assert len(seen) == written
+    assert written < ref.meta.num_chunks
 
     async def lease_released() -> bool:
         return bool(await holder.acall("active_reads", name=ref.meta.name) == 0)
 
-    await wait_until(lease_released, what="holder released the cancelled reader's lease")
+    await assert_eventually(lease_released, message="holder released the cancelled reader's lease")
+    assert len(seen) == written, "chunks kept landing after the cancelled read returned"
 
 
 async def test_holder_stalled_then_killed_mid_transfer(
@@ -228,7 +242,8 @@ async def test_holder_stalled_then_killed_mid_transfer(
 ) -> None:
     """A stalled holder times out; a killed one fails the read without exposing the tensor, and the
     missing chunks are re-planned from another holder of the same content."""
-    shape, dtype = (16 << 20,), torch.float32  # 64 MiB, 256 chunks
+    # Larger than what socket buffers hold: a killed holder's unsent bytes are lost for good.
+    shape, dtype = (_more_than_socket_buffers(),), torch.float32
     with HolderProcess(
         carriers=[carrier] if carrier == "tcp" else ["tcp", carrier], chunk_size_bytes=256 << 10
     ) as doomed:
