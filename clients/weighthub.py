@@ -1,13 +1,44 @@
-"""Typed async client of the WeightHub service (seedstack.weighthub.v1.WeightHub)."""
+"""Typed async client of the WeightHub service (seedstack.weighthub.v1.WeightHub), and the client
+library built on it: :class:`Publisher` (trainer side) and :class:`Reader` (rollout side)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
+import grpc
+import torch
+from seedstack.common.v1 import common_pb2
 from seedstack.weighthub.v1 import weighthub_pb2 as pb
 from seedstack.weighthub.v1 import weighthub_pb2_grpc as pb_grpc
 
-from clients.base import BaseClient
+from clients.base import BaseClient, ClientOptions, RPCError
+from services.common.transport import (
+    DEFAULT_CHUNK_SIZE_BYTES,
+    CarrierAddress,
+    CarrierUnavailable,
+    ChunkHashMismatch,
+    HolderBusy,
+    StaleTensor,
+    TensorHolder,
+    TensorMeta,
+    TensorReader,
+    TensorRef,
+    TransferError,
+    TransferTimeout,
+    UnknownTensor,
+)
+from services.weighthub.versions import root_hash
+
+logger = logging.getLogger(__name__)
 
 
 class WeightHubClient(BaseClient):
@@ -77,3 +108,835 @@ class WeightHubClient(BaseClient):
     ) -> pb.ListVersionsResponse:
         """Call WeightHub.ListVersions (retried on UNAVAILABLE)."""
         return await self._unary("ListVersions", request, timeout_s)  # type: ignore[no-any-return]
+
+
+# The client library: Publisher (trainer side) and Reader (rollout side) ----------------------------
+
+_RESOLVE_PREFIXES = ("redis://", "rediss://", "unix://")
+
+
+def tensor_plane_name(model: str, version: int, tensor: str) -> str:
+    """The name every holder serves tensor ``tensor`` of ``model`` v``version`` under."""
+    return f"{model}/{version}/{tensor}"
+
+
+def _manifest_message(
+    model: str, version: int, names: Sequence[str], metas: Sequence[TensorMeta]
+) -> common_pb2.Manifest:
+    """The Manifest of tensors ``names`` whose tensor-plane metadata is ``metas`` (equal chunking)."""
+    tensors = []
+    chunks: list[common_pb2.ChunkSpec] = []
+    algorithm = metas[0].hash_algo if metas else "xxh3_128"
+    chunk_size_bytes = metas[0].chunk_size_bytes if metas else 1
+    for name, meta in zip(names, metas, strict=True):
+        tensors.append(
+            common_pb2.TensorSpec(name=name, dtype=meta.dtype, shape=list(meta.shape), size_bytes=meta.size_bytes)
+        )
+        for local, hash_hex in enumerate(meta.chunk_hashes):
+            piece = meta.chunk_range(local)
+            chunks.append(
+                common_pb2.ChunkSpec(
+                    tensor_name=name,
+                    index=len(chunks),
+                    offset_bytes=piece.offset,
+                    size_bytes=piece.length,
+                    hash_hex=hash_hex,
+                    hash_algorithm=meta.hash_algo,
+                )
+            )
+    return common_pb2.Manifest(
+        model=model,
+        version=version,
+        tensors=tensors,
+        chunks=chunks,
+        root_hash=root_hash(algorithm, (c.hash_hex for c in chunks)),
+        chunk_size_bytes=chunk_size_bytes,
+    )
+
+
+def _tensor_metas(manifest: common_pb2.Manifest) -> dict[str, TensorMeta]:
+    """Tensor-plane metadata of every tensor of a manifest, under its tensor-plane name."""
+    hashes: dict[str, list[str]] = {t.name: [] for t in manifest.tensors}
+    algorithm = "xxh3_128"
+    for chunk in manifest.chunks:
+        hashes[chunk.tensor_name].append(chunk.hash_hex)
+        algorithm = chunk.hash_algorithm
+    return {
+        t.name: TensorMeta(
+            name=tensor_plane_name(manifest.model, manifest.version, t.name),
+            dtype=t.dtype,
+            shape=tuple(t.shape),
+            size_bytes=t.size_bytes,
+            chunk_size_bytes=manifest.chunk_size_bytes,
+            hash_algo=algorithm,
+            chunk_hashes=tuple(hashes[t.name]),
+        )
+        for t in manifest.tensors
+    }
+
+
+def _failure_kind(exc: TransferError) -> pb.ReadFailure:
+    if isinstance(exc, ChunkHashMismatch):
+        return pb.READ_FAILURE_HASH_MISMATCH
+    if isinstance(exc, TransferTimeout):
+        return pb.READ_FAILURE_TIMEOUT
+    if isinstance(exc, UnknownTensor | StaleTensor | HolderBusy | CarrierUnavailable):
+        return pb.READ_FAILURE_REFUSED
+    return pb.READ_FAILURE_UNREACHABLE
+
+
+def _request_id() -> str:
+    return uuid.uuid4().hex
+
+
+class _Membership:
+    """A process's membership of the hub: its tensor holder, registration and heartbeat."""
+
+    def __init__(
+        self,
+        hub: str | WeightHubClient,
+        *,
+        holder_id: str | None,
+        topology: common_pb2.TopologyLabels,
+        options: ClientOptions | None,
+        max_concurrent_reads: int,
+        lease_ttl_s: float,
+        transport_bind_host: str,
+        carriers: Sequence[str] | None,
+        chunk_size_bytes: int,
+        on_heartbeat: Callable[[pb.HeartbeatResponse], Awaitable[None]],
+        on_reregistered: Callable[[], Awaitable[None]],
+    ) -> None:
+        self._hub = hub
+        self._options = options
+        self.holder_id = holder_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.topology = topology
+        self._max_concurrent_reads = max_concurrent_reads
+        self._lease_ttl_s = lease_ttl_s
+        self._on_heartbeat = on_heartbeat
+        self._on_reregistered = on_reregistered
+        self.holder = TensorHolder(
+            holder_id=self.holder_id,
+            carriers=carriers,
+            bind_host=transport_bind_host,
+            chunk_size_bytes=chunk_size_bytes,
+            max_concurrent_reads=max(64, max_concurrent_reads * 4),
+        )
+        self.client: WeightHubClient | None = hub if isinstance(hub, WeightHubClient) else None
+        self._owns_client = not isinstance(hub, WeightHubClient)
+        self._task: asyncio.Task[None] | None = None
+        self.lease_ttl_s = 0.0
+
+    async def start(self) -> WeightHubClient:
+        if self.client is None:
+            assert isinstance(self._hub, str)
+            if self._hub.startswith(_RESOLVE_PREFIXES):
+                self.client = await WeightHubClient.resolve(self._hub, self._options)
+            else:
+                self.client = WeightHubClient(self._hub, self._options)
+        await self.holder.start()
+        await self.register()
+        self._task = asyncio.create_task(self._beat(), name=f"weighthub-heartbeat-{self.holder_id}")
+        return self.client
+
+    async def register(self) -> None:
+        assert self.client is not None
+        reply = await self.client.register_holder(
+            pb.RegisterHolderRequest(
+                request_id=_request_id(),
+                holder_id=self.holder_id,
+                offers=[common_pb2.TransportOffer(carrier=c.carrier, address=c.address) for c in self.holder.carriers],
+                topology=self.topology,
+                lease_ttl_s=self._lease_ttl_s,
+                max_concurrent_reads=self._max_concurrent_reads,
+                transport_host_id=self.holder.capabilities.host_id,
+            )
+        )
+        self.lease_ttl_s = reply.lease_ttl_s
+
+    async def _beat(self) -> None:
+        assert self.client is not None
+        while True:
+            await asyncio.sleep(max(0.05, self.lease_ttl_s / 3))
+            try:
+                reply = await self.client.heartbeat(pb.HeartbeatRequest(holder_id=self.holder_id))
+                await self._on_heartbeat(reply)
+            except RPCError as exc:
+                if exc.code == grpc.StatusCode.NOT_FOUND:
+                    logger.warning(
+                        "hub lease of %s lapsed; registering again and re-reporting holdings", self.holder_id
+                    )
+                    try:
+                        await self.register()
+                        await self._on_reregistered()
+                    except RPCError as again:
+                        logger.warning("re-registering %s failed (will retry): %s", self.holder_id, again)
+                else:
+                    logger.warning("heartbeat of %s failed (will retry): %s", self.holder_id, exc)
+            except Exception:
+                logger.exception("heartbeat of %s failed (will retry)", self.holder_id)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self.client is not None:
+            with contextlib.suppress(RPCError):
+                await self.client.unregister_holder(
+                    pb.UnregisterHolderRequest(request_id=_request_id(), holder_id=self.holder_id), timeout_s=5.0
+                )
+        await self.holder.close()
+        if self.client is not None and self._owns_client:
+            await self.client.close()
+            self.client = None
+
+
+def _topology(host: str, rack: str, datacenter: str) -> common_pb2.TopologyLabels:
+    return common_pb2.TopologyLabels(host=host or socket.gethostname(), rack=rack, datacenter=datacenter)
+
+
+@dataclass
+class _Slot:
+    """One set of publisher buffers and the version in them."""
+
+    buffers: dict[str, torch.Tensor]
+    version: int = 0
+    manifest: common_pb2.Manifest | None = None
+
+
+class Publisher:
+    """Trainer side: holds tensors in its own (shared-memory) buffers, publishes versions of them and
+    serves readers straight from that memory.
+
+    It keeps ``num_buffers`` versions; publishing into the oldest buffer first withdraws that
+    version from the hub and waits for reads of it in flight to finish, so no reader sees a torn
+    tensor. Usage::
+
+        async with Publisher("127.0.0.1:50051", model="policy", shard_index=rank, num_shards=world) as pub:
+            await pub.publish(step, {name: p for name, p in model.state_dict().items() if rank owns name})
+    """
+
+    def __init__(
+        self,
+        hub: str | WeightHubClient,
+        *,
+        model: str,
+        holder_id: str | None = None,
+        host: str = "",
+        rack: str = "",
+        datacenter: str = "",
+        shard_index: int = 0,
+        num_shards: int = 1,
+        options: ClientOptions | None = None,
+        max_concurrent_reads: int = 0,
+        num_buffers: int = 2,
+        chunk_size_bytes: int = DEFAULT_CHUNK_SIZE_BYTES,
+        transport_bind_host: str = "0.0.0.0",
+        carriers: Sequence[str] | None = None,
+        lease_ttl_s: float = 0.0,
+        commit_timeout_s: float = 120.0,
+    ) -> None:
+        """``max_concurrent_reads`` bounds readers served at once (0: the hub's default); 1 makes the
+        trainer's egress about one model per version, the readers fanning out among themselves."""
+        if not 0 <= shard_index < num_shards:
+            raise ValueError(f"shard_index {shard_index} must be in 0..num_shards-1 (num_shards {num_shards})")
+        if num_buffers < 1:
+            raise ValueError(f"num_buffers must be >= 1, got {num_buffers}")
+        self.model = model
+        self.shard_index = shard_index
+        self.num_shards = num_shards
+        self._num_buffers = num_buffers
+        self._commit_timeout_s = commit_timeout_s
+        self._slots: list[_Slot] = []
+        self._lock = asyncio.Lock()
+        self._membership = _Membership(
+            hub,
+            holder_id=holder_id,
+            topology=_topology(host, rack, datacenter),
+            options=options,
+            max_concurrent_reads=max_concurrent_reads,
+            lease_ttl_s=lease_ttl_s,
+            transport_bind_host=transport_bind_host,
+            carriers=carriers,
+            chunk_size_bytes=chunk_size_bytes,
+            on_heartbeat=self._heartbeat,
+            on_reregistered=self._republish,
+        )
+        self._client: WeightHubClient | None = None
+
+    @property
+    def holder_id(self) -> str:
+        """This publisher's holder id at the hub."""
+        return self._membership.holder_id
+
+    async def start(self) -> None:
+        """Start serving and register with the hub."""
+        self._client = await self._membership.start()
+
+    async def __aenter__(self) -> Publisher:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Withdraw from the hub and stop serving."""
+        await self._membership.close()
+
+    async def _latest(self) -> int:
+        assert self._client is not None
+        try:
+            reply = await self._client.get_manifest(pb.GetManifestRequest(model=self.model, version=0))
+        except RPCError as exc:
+            if exc.code == grpc.StatusCode.NOT_FOUND:
+                return 0
+            raise
+        return int(reply.manifest.version)
+
+    async def publish(self, version: int, tensors: Mapping[str, torch.Tensor]) -> int:
+        """Copy ``tensors`` into this publisher's buffers, serve and publish them as ``version``;
+        returns once the version is committed (every shard published). ValueError for a version not
+        above the latest committed one."""
+        if self._client is None:
+            raise RuntimeError("Publisher.start() first")
+        if not tensors:
+            raise ValueError("publish needs at least one tensor")
+        async with self._lock:
+            latest = await self._latest()
+            if version <= latest:
+                raise ValueError(
+                    f"version {version} of {self.model!r} is not above the latest committed version {latest}"
+                )
+            slot = await self._take_slot(tensors)
+            holder = self._membership.holder
+            names = list(tensors)
+            metas = []
+            for name in names:
+                buffer = slot.buffers[name]
+                buffer.copy_(tensors[name].detach().reshape(buffer.shape))
+                ref = await holder.register(tensor_plane_name(self.model, version, name), buffer)
+                metas.append(ref.meta)
+            slot.version = version
+            slot.manifest = _manifest_message(self.model, version, names, metas)
+            reply = await self._client.publish(
+                pb.PublishRequest(
+                    request_id=_request_id(),
+                    holder_id=self.holder_id,
+                    manifest=slot.manifest,
+                    shard_index=self.shard_index,
+                    num_shards=self.num_shards,
+                )
+            )
+        if not reply.committed:
+            await self._wait_committed(version)
+        return version
+
+    async def _take_slot(self, tensors: Mapping[str, torch.Tensor]) -> _Slot:
+        """Free buffers for the next version: a new set, or the oldest set once its readers are done."""
+        slot: _Slot | None = None
+        if len(self._slots) >= self._num_buffers:
+            slot = min(self._slots, key=lambda s: s.version)
+            await self._withdraw(slot)
+            layout = {n: (t.dtype, tuple(t.shape)) for n, t in slot.buffers.items()}
+            if layout != {n: (t.dtype, tuple(t.shape)) for n, t in tensors.items()}:
+                self._slots.remove(slot)
+                slot = None
+        if slot is None:
+            holder = self._membership.holder
+            slot = _Slot(
+                buffers={n: holder.allocate(tuple(t.shape), t.dtype, label=self.holder_id) for n, t in tensors.items()}
+            )
+            self._slots.append(slot)
+        return slot
+
+    async def _withdraw(self, slot: _Slot) -> None:
+        """Stop serving the slot's version: no new plans name it, reads in flight finish first."""
+        if not slot.version:
+            return
+        assert self._client is not None
+        with contextlib.suppress(RPCError):
+            await self._client.report_held(
+                pb.ReportHeldRequest(
+                    request_id=_request_id(),
+                    holder_id=self.holder_id,
+                    model=self.model,
+                    version=slot.version,
+                    held=False,
+                )
+            )
+        for name in slot.buffers:
+            with contextlib.suppress(UnknownTensor):
+                await self._membership.holder.unregister(tensor_plane_name(self.model, slot.version, name))
+        slot.version = 0
+        slot.manifest = None
+
+    async def _wait_committed(self, version: int) -> None:
+        deadline = time.monotonic() + self._commit_timeout_s
+        delay_s = 0.01
+        while await self._latest() < version:
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"version {version} of {self.model!r} did not commit within {self._commit_timeout_s} s: "
+                    f"not every one of {self.num_shards} shards was published"
+                )
+            await asyncio.sleep(delay_s)  # polling the hub for a commit made by other ranks
+            delay_s = min(delay_s * 2, 0.5)
+
+    async def _heartbeat(self, reply: pb.HeartbeatResponse) -> None:
+        return None
+
+    async def _republish(self) -> None:
+        """After a lapsed lease: publish each held shard again (a replica publish, idempotent)."""
+        assert self._client is not None
+        for slot in self._slots:
+            if slot.version and slot.manifest is not None:
+                with contextlib.suppress(RPCError):
+                    await self._client.publish(
+                        pb.PublishRequest(
+                            request_id=_request_id(),
+                            holder_id=self.holder_id,
+                            manifest=slot.manifest,
+                            shard_index=self.shard_index,
+                            num_shards=self.num_shards,
+                        )
+                    )
+
+
+@dataclass
+class _Held:
+    """A version this reader holds and serves."""
+
+    manifest: common_pb2.Manifest
+    tensors: dict[str, torch.Tensor]
+    owned: bool
+    """The buffers were allocated by the reader (so it may reuse them)."""
+
+
+@dataclass
+class FetchStats:
+    """What the last fetch did."""
+
+    version: int = 0
+    base_version: int = 0
+    bytes_read: int = 0
+    bytes_copied_locally: int = 0
+    num_plans: int = 0
+    num_read_failures: int = 0
+    seconds: float = 0.0
+    sources: dict[str, int] = field(default_factory=dict)
+    """Bytes read per holder id."""
+
+
+class Reader:
+    """Rollout side: watches versions, fetches them verified (only the changed chunks when it holds
+    an older version), and then serves them to later readers as a holder.
+
+    Tensors returned by :meth:`fetch` are served to other readers: do not modify them in place
+    (fetch the next version into other buffers and swap, or pass them back as ``into``).
+    """
+
+    def __init__(
+        self,
+        hub: str | WeightHubClient,
+        *,
+        model: str,
+        holder_id: str | None = None,
+        host: str = "",
+        rack: str = "",
+        datacenter: str = "",
+        options: ClientOptions | None = None,
+        max_concurrent_reads: int = 0,
+        keep_versions: int = 2,
+        transport_bind_host: str = "0.0.0.0",
+        carriers: Sequence[str] | None = None,
+        lease_ttl_s: float = 0.0,
+        fetch_timeout_s: float = 300.0,
+        reads_per_source: int = 2,
+    ) -> None:
+        if keep_versions < 1:
+            raise ValueError(f"keep_versions must be >= 1, got {keep_versions}")
+        self.model = model
+        self._keep_versions = keep_versions
+        self._fetch_timeout_s = fetch_timeout_s
+        self._reads_per_source = reads_per_source
+        self._held: dict[int, _Held] = {}
+        self._lock = asyncio.Lock()
+        self._membership = _Membership(
+            hub,
+            holder_id=holder_id,
+            topology=_topology(host, rack, datacenter),
+            options=options,
+            max_concurrent_reads=max_concurrent_reads,
+            lease_ttl_s=lease_ttl_s,
+            transport_bind_host=transport_bind_host,
+            carriers=carriers,
+            chunk_size_bytes=DEFAULT_CHUNK_SIZE_BYTES,
+            on_heartbeat=self._heartbeat,
+            on_reregistered=self._rereport,
+        )
+        self._client: WeightHubClient | None = None
+        self._reader: TensorReader | None = None
+        self.last_fetch = FetchStats()
+
+    @property
+    def holder_id(self) -> str:
+        """This reader's holder id at the hub."""
+        return self._membership.holder_id
+
+    @property
+    def held_versions(self) -> list[int]:
+        """Versions this reader holds and serves, ascending."""
+        return sorted(self._held)
+
+    async def start(self) -> None:
+        """Start serving and register with the hub."""
+        self._client = await self._membership.start()
+        self._reader = TensorReader()
+
+    async def __aenter__(self) -> Reader:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Withdraw from the hub, stop serving and reading."""
+        await self._membership.close()
+        if self._reader is not None:
+            await self._reader.close()
+            self._reader = None
+
+    async def latest_version(self) -> int:
+        """The newest committed version still available; 0 when none."""
+        assert self._client is not None, "Reader.start() first"
+        try:
+            reply = await self._client.list_versions(pb.ListVersionsRequest(model=self.model))
+        except RPCError as exc:
+            if exc.code == grpc.StatusCode.NOT_FOUND:
+                return 0
+            raise
+        return max((v.version for v in reply.versions), default=0)
+
+    async def watch(self) -> AsyncIterator[int]:
+        """Committed versions as they appear (the latest first); survives hub restarts."""
+        assert self._client is not None, "Reader.start() first"
+        last = 0
+        delay_s = 0.05
+        while True:
+            try:
+                async for reply in self._client.watch_versions(
+                    pb.WatchVersionsRequest(model=self.model, after_version=last)
+                ):
+                    delay_s = 0.05
+                    if reply.version_info.version > last:
+                        last = reply.version_info.version
+                        yield last
+            except RPCError as exc:
+                if exc.code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
+                    raise
+                logger.info("version watch interrupted (%s); reconnecting in %.2f s", exc.code.name, delay_s)
+            await asyncio.sleep(delay_s)  # back off before re-subscribing to a restarting hub
+            delay_s = min(delay_s * 2, 2.0)
+
+    async def fetch(self, version: int = 0, into: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """Fetch ``version`` (0: the latest), verified, into ``into`` (or buffers of its own); then
+        hold and serve it. Reads only the chunks that differ from a version it holds."""
+        if self._client is None or self._reader is None:
+            raise RuntimeError("Reader.start() first")
+        async with self._lock:
+            return await self._fetch(version, into)
+
+    async def _fetch(self, version: int, into: Mapping[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+        assert self._client is not None
+        started = time.monotonic()
+        manifest = (await self._client.get_manifest(pb.GetManifestRequest(model=self.model, version=version))).manifest
+        version = int(manifest.version)
+        if version in self._held and into is None:
+            return dict(self._held[version].tensors)
+        metas = _tensor_metas(manifest)
+        stats = FetchStats(version=version)
+        destinations, recycled = await self._destinations(manifest, into)
+        # The delta is against the newest version held; buffers recycled from another version get
+        # the unchanged chunks copied from it locally.
+        base = max(self._held) if self._held else None
+        changed = self._changed_chunks(manifest, self._held[base].manifest if base is not None else None)
+        if base is not None:
+            stats.base_version = base
+            if base != recycled:
+                stats.bytes_copied_locally = self._copy_unchanged(manifest, self._held[base], destinations, changed)
+        if recycled is not None:
+            del self._held[recycled]
+        try:
+            await self._read_chunks(manifest, metas, destinations, changed, base or 0, stats)
+        except BaseException:
+            with contextlib.suppress(RPCError):
+                await self._client.report_held(
+                    pb.ReportHeldRequest(
+                        request_id=_request_id(),
+                        holder_id=self.holder_id,
+                        model=self.model,
+                        version=version,
+                        held=False,
+                    )
+                )
+            raise
+        expected = root_hash(
+            manifest.chunks[0].hash_algorithm if manifest.chunks else "xxh3_128", (c.hash_hex for c in manifest.chunks)
+        )
+        if expected != manifest.root_hash:
+            raise TransferError(f"manifest of v{version} does not match its root hash {manifest.root_hash}")
+        holder = self._membership.holder
+        for tensor in manifest.tensors:
+            await holder.register(metas[tensor.name].name, destinations[tensor.name], meta=metas[tensor.name])
+        await self._client.report_held(
+            pb.ReportHeldRequest(
+                request_id=_request_id(),
+                holder_id=self.holder_id,
+                model=self.model,
+                version=version,
+                held=True,
+                root_hash=manifest.root_hash,
+            )
+        )
+        self._held[version] = _Held(manifest=manifest, tensors=dict(destinations), owned=into is None)
+        while len(self._held) > self._keep_versions:
+            await self._release(min(self._held))
+        stats.seconds = time.monotonic() - started
+        self.last_fetch = stats
+        return dict(destinations)
+
+    async def _destinations(
+        self, manifest: common_pb2.Manifest, into: Mapping[str, torch.Tensor] | None
+    ) -> tuple[dict[str, torch.Tensor], int | None]:
+        """Where each tensor lands, and the held version whose buffers those are (withdrawn, reused)."""
+        if into is not None:
+            missing = sorted({t.name for t in manifest.tensors} - set(into))
+            if missing:
+                raise ValueError(f"into lacks tensors {missing[:5]} of v{manifest.version}")
+            for t in manifest.tensors:
+                dst = into[t.name]
+                size_bytes = dst.numel() * dst.element_size()
+                if size_bytes != t.size_bytes or not dst.is_contiguous():
+                    raise ValueError(
+                        f"into[{t.name!r}] holds {size_bytes} bytes (contiguous: {dst.is_contiguous()}) but the "
+                        f"tensor is {t.size_bytes} bytes of {t.dtype} {list(t.shape)}"
+                    )
+            destinations = {t.name: into[t.name] for t in manifest.tensors}
+            for held_version, held in self._held.items():
+                if all(
+                    name in held.tensors and held.tensors[name].data_ptr() == dst.data_ptr()
+                    for name, dst in destinations.items()
+                ):
+                    await self._withdraw(held_version)
+                    return destinations, held_version
+            return destinations, None
+        layout = {t.name: (t.dtype, tuple(t.shape)) for t in manifest.tensors}
+        if len(self._held) >= self._keep_versions:
+            oldest = min(self._held)
+            held = self._held[oldest]
+            held_layout = {n: (str(x.dtype).removeprefix("torch."), tuple(x.shape)) for n, x in held.tensors.items()}
+            if held.owned and held_layout == layout:
+                await self._withdraw(oldest)
+                return dict(held.tensors), oldest
+        holder = self._membership.holder
+        return {
+            t.name: holder.allocate(tuple(t.shape), getattr(torch, t.dtype), label=self.holder_id)
+            for t in manifest.tensors
+        }, None
+
+    @staticmethod
+    def _changed_chunks(manifest: common_pb2.Manifest, base: common_pb2.Manifest | None) -> list[int]:
+        if base is None:
+            return list(range(len(manifest.chunks)))
+        before = {(c.tensor_name, c.offset_bytes): c for c in base.chunks}
+        layouts = {t.name: (t.dtype, tuple(t.shape)) for t in base.tensors}
+        same_tensor = {t.name for t in manifest.tensors if layouts.get(t.name) == (t.dtype, tuple(t.shape))}
+        changed = []
+        for chunk in manifest.chunks:
+            old = before.get((chunk.tensor_name, chunk.offset_bytes))
+            if (
+                old is None
+                or chunk.tensor_name not in same_tensor
+                or (old.size_bytes, old.hash_hex, old.hash_algorithm)
+                != (chunk.size_bytes, chunk.hash_hex, chunk.hash_algorithm)
+            ):
+                changed.append(chunk.index)
+        return changed
+
+    @staticmethod
+    def _copy_unchanged(
+        manifest: common_pb2.Manifest, base: _Held, destinations: Mapping[str, torch.Tensor], changed: Sequence[int]
+    ) -> int:
+        """Copy the chunks that did not change from the held base version; returns bytes copied."""
+        changed_set = set(changed)
+        copied = 0
+        for chunk in manifest.chunks:
+            if chunk.index in changed_set:
+                continue
+            src = base.tensors[chunk.tensor_name].reshape(-1).view(torch.uint8)
+            dst = destinations[chunk.tensor_name].reshape(-1).view(torch.uint8)
+            end = chunk.offset_bytes + chunk.size_bytes
+            dst[chunk.offset_bytes : end].copy_(src[chunk.offset_bytes : end])
+            copied += chunk.size_bytes
+        return copied
+
+    async def _read_chunks(
+        self,
+        manifest: common_pb2.Manifest,
+        metas: Mapping[str, TensorMeta],
+        destinations: Mapping[str, torch.Tensor],
+        changed: Sequence[int],
+        base_version: int,
+        stats: FetchStats,
+    ) -> None:
+        """Read ``changed`` chunks as the hub plans them, re-planning what a failed source left."""
+        assert self._client is not None
+        chunk_size_bytes = manifest.chunk_size_bytes
+        missing = set(changed)
+        deadline = time.monotonic() + self._fetch_timeout_s
+        backoff_s = 0.002
+        while missing:
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"fetching v{manifest.version} of {self.model!r}: {len(missing)} chunks still missing"
+                )
+            try:
+                plan = await self._client.get_plan(
+                    pb.GetPlanRequest(
+                        request_id=_request_id(),
+                        reader_id=self.holder_id,
+                        model=self.model,
+                        version=manifest.version,
+                        held_version=base_version,
+                        chunk_indices=sorted(missing),
+                    )
+                )
+            except RPCError as exc:
+                if exc.code != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    raise
+                # Every source is busy: wait for a reader to finish and become one.
+                await asyncio.sleep(backoff_s * random.uniform(0.5, 1.5))
+                backoff_s = min(backoff_s * 2, 0.025)
+                continue
+            backoff_s = 0.002
+            stats.num_plans += 1
+            verified: set[int] = set()
+            await asyncio.gather(
+                *(
+                    self._read_source(manifest, metas, destinations, read, chunk_size_bytes, verified, stats)
+                    for read in plan.reads
+                )
+            )
+            missing -= verified
+
+    async def _read_source(
+        self,
+        manifest: common_pb2.Manifest,
+        metas: Mapping[str, TensorMeta],
+        destinations: Mapping[str, torch.Tensor],
+        read: pb.SourceRead,
+        chunk_size_bytes: int,
+        verified: set[int],
+        stats: FetchStats,
+    ) -> None:
+        """Read one source's chunks, tensor by tensor; on failure report it so the rest are re-planned."""
+        assert self._reader is not None and self._client is not None
+        by_tensor: dict[str, list[tuple[int, int]]] = {}
+        for index in read.chunk_indices:
+            chunk = manifest.chunks[index]
+            by_tensor.setdefault(chunk.tensor_name, []).append((chunk.offset_bytes // chunk_size_bytes, index))
+        address = CarrierAddress(
+            carrier=read.offer.carrier,
+            address=read.offer.address,
+            host=self._reader.capabilities.host_id if read.offer.carrier == "shm" else "",
+        )
+        limit = asyncio.Semaphore(self._reads_per_source)
+        failures: list[TransferError] = []
+
+        async def one(name: str, pairs: list[tuple[int, int]]) -> None:
+            assert self._reader is not None
+            if failures:
+                return
+            to_global = dict(pairs)
+            meta = metas[name]
+            ref = TensorRef(meta=meta, carriers=(address,), holder_id=read.holder_id)
+            async with limit:
+                try:
+                    result = await self._reader.read(
+                        ref,
+                        destinations[name],
+                        chunks=[local for local, _ in pairs],
+                        carrier=address.carrier,
+                        on_chunk=lambda local: verified.add(to_global[local]),
+                    )
+                    stats.bytes_read += result.size_bytes
+                    stats.sources[read.holder_id] = stats.sources.get(read.holder_id, 0) + result.size_bytes
+                except TransferError as exc:
+                    failures.append(exc)
+
+        await asyncio.gather(*(one(name, pairs) for name, pairs in by_tensor.items()))
+        if failures:
+            stats.num_read_failures += 1
+            exc = failures[0]
+            with contextlib.suppress(RPCError):
+                await self._client.report_read_failure(
+                    pb.ReportReadFailureRequest(
+                        request_id=_request_id(),
+                        reader_id=self.holder_id,
+                        holder_id=read.holder_id,
+                        model=self.model,
+                        version=manifest.version,
+                        failure=_failure_kind(exc),
+                        detail=str(exc)[:500],
+                    )
+                )
+
+    async def _withdraw(self, version: int) -> None:
+        """Stop serving ``version``: withdraw it from the hub, then wait for reads in flight."""
+        assert self._client is not None
+        held = self._held.get(version)
+        if held is None:
+            return
+        with contextlib.suppress(RPCError):
+            await self._client.report_held(
+                pb.ReportHeldRequest(
+                    request_id=_request_id(), holder_id=self.holder_id, model=self.model, version=version, held=False
+                )
+            )
+        for tensor in held.manifest.tensors:
+            with contextlib.suppress(UnknownTensor):
+                await self._membership.holder.unregister(tensor_plane_name(self.model, version, tensor.name))
+
+    async def _release(self, version: int) -> None:
+        await self._withdraw(version)
+        self._held.pop(version, None)
+
+    async def _heartbeat(self, reply: pb.HeartbeatResponse) -> None:
+        """Free versions the hub retired once nobody reads them (the newest is always kept)."""
+        if self._lock.locked():
+            return
+        newest = max(self._held, default=0)
+        for state in reply.held_versions:
+            if state.model == self.model and state.retired and state.num_active_reads == 0 and state.version != newest:
+                async with self._lock:
+                    await self._release(state.version)
+
+    async def _rereport(self) -> None:
+        """After a lapsed lease: report every held version again."""
+        assert self._client is not None
+        for version, held in sorted(self._held.items()):
+            with contextlib.suppress(RPCError):
+                await self._client.report_held(
+                    pb.ReportHeldRequest(
+                        request_id=_request_id(),
+                        holder_id=self.holder_id,
+                        model=self.model,
+                        version=version,
+                        held=True,
+                        root_hash=held.manifest.root_hash,
+                    )
+                )

@@ -38,20 +38,22 @@ READ_FAILURE_HASH_MISMATCH: ReadFailure
 READ_FAILURE_REFUSED: ReadFailure
 
 class RegisterHolderRequest(_message.Message):
-    __slots__ = ("request_id", "holder_id", "offers", "topology", "lease_ttl_s", "max_concurrent_reads")
+    __slots__ = ("request_id", "holder_id", "offers", "topology", "lease_ttl_s", "max_concurrent_reads", "transport_host_id")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     HOLDER_ID_FIELD_NUMBER: _ClassVar[int]
     OFFERS_FIELD_NUMBER: _ClassVar[int]
     TOPOLOGY_FIELD_NUMBER: _ClassVar[int]
     LEASE_TTL_S_FIELD_NUMBER: _ClassVar[int]
     MAX_CONCURRENT_READS_FIELD_NUMBER: _ClassVar[int]
+    TRANSPORT_HOST_ID_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     holder_id: str
     offers: _containers.RepeatedCompositeFieldContainer[_common_pb2.TransportOffer]
     topology: _common_pb2.TopologyLabels
     lease_ttl_s: float
     max_concurrent_reads: int
-    def __init__(self, request_id: _Optional[str] = ..., holder_id: _Optional[str] = ..., offers: _Optional[_Iterable[_Union[_common_pb2.TransportOffer, _Mapping]]] = ..., topology: _Optional[_Union[_common_pb2.TopologyLabels, _Mapping]] = ..., lease_ttl_s: _Optional[float] = ..., max_concurrent_reads: _Optional[int] = ...) -> None: ...
+    transport_host_id: str
+    def __init__(self, request_id: _Optional[str] = ..., holder_id: _Optional[str] = ..., offers: _Optional[_Iterable[_Union[_common_pb2.TransportOffer, _Mapping]]] = ..., topology: _Optional[_Union[_common_pb2.TopologyLabels, _Mapping]] = ..., lease_ttl_s: _Optional[float] = ..., max_concurrent_reads: _Optional[int] = ..., transport_host_id: _Optional[str] = ...) -> None: ...
 
 class RegisterHolderResponse(_message.Message):
     __slots__ = ("lease_ttl_s",)

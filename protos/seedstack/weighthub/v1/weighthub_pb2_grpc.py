@@ -147,7 +147,10 @@ class WeightHubServicer:
 
     def GetPlan(self, request, context):
         """Plans a reader's fetch of a committed version: for every needed chunk, the holder to read it
-        from and the carrier to use. Takes read leases on the named holders, so they keep the version's
+        from and the carrier to use. Sources are ranked same host, same rack, same datacenter, another
+        datacenter; a holder never gets more concurrent readers than its max_concurrent_reads, and
+        only one reader per datacenter pulls over a wide-area link. RESOURCE_EXHAUSTED when every
+        suitable source is busy (or this datacenter's puller is still reading): back off and ask again. Takes read leases on the named holders, so they keep the version's
         buffers intact; the leases last until the reader reports (ReportHeld, ReportReadFailure) or its
         own holder lease expires. Only chunks whose hash differs from the version the reader already
         holds are planned (delta read). FAILED_PRECONDITION when the reader is not registered or the
@@ -192,7 +195,8 @@ class WeightHubServicer:
 
     def WatchVersions(self, request, context):
         """Streams committed versions of a model: first the latest committed one (if above after_version),
-        then each new commit. A slow watcher may skip versions, never reorder them.
+        then each new commit. A slow watcher may skip versions, never reorder them. A model with no
+        committed version yet is waited for, not NOT_FOUND (readers may start before the trainer).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

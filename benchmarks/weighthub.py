@@ -1,0 +1,473 @@
+"""Weight hub: K reader processes getting each new version, side by side with the baselines, in one run.
+
+On this machine (part (a) of issue #3), for K = 1, 2, 4, 8 reader processes and a model of 16
+float32 tensors (256 MiB; 64 MiB with ``--quick``):
+
+- ``hub``: the trainer publishes through a ``Publisher`` (bounded to one concurrent reader, so
+  readers fan out among themselves); each reader process runs a ``Reader`` that watches and fetches.
+  Timed from the start of ``publish`` (the trainer's copy into its buffers and hashing included)
+  until every reader holds the version. Two warm-up versions first, so buffers are touched and
+  connections made; the timed version differs in every chunk (a full read).
+- ``naive``: every reader reads every tensor straight from the trainer's ``TensorHolder`` with the
+  same transport. Timed from the trainer's update of its tensors (copy + re-hash) until all are done.
+- ``broadcast``: ``torch.distributed.broadcast`` (gloo) of the 16 tensors from the trainer (rank 0)
+  to K ranks, timed on rank 0 until a barrier after the last broadcast.
+
+Each is run twice: all processes as one host (the hub plans shared memory), and every process
+declared a host of its own (``_net``: every byte crosses a loopback socket; this shows the plan and
+the trainer's egress, not a network's speed). Then: a holder killed at 50 % of a transfer, and a
+delta read after 5 % of the chunks changed. The ceilings (one loopback socket, memcpy) come from
+``benchmarks/transport.py``'s methods, measured in the same run.
+
+The cluster-scale simulator (part (b)) is not part of this build: no ``sim_*`` ratios are reported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.report import Progress, emit, standard_parser
+from benchmarks.transport import memcpy_method, raw_socket_method
+from tests.support import RedisProcess, free_port
+
+logger = logging.getLogger("benchmarks.weighthub")
+
+NUM_TENSORS = 16
+K_VALUES = (1, 2, 4, 8)
+TRAINER_HOST = "trainer-host"
+
+
+def model_weights(size_bytes: int, seed: int) -> dict[str, torch.Tensor]:
+    """``NUM_TENSORS`` float32 tensors of ``size_bytes`` in all; every chunk differs between seeds."""
+    numel = size_bytes // NUM_TENSORS // 4
+    generator = torch.Generator().manual_seed(seed)
+    return {f"layers.{i}.weight": torch.randn(numel, generator=generator) for i in range(NUM_TENSORS)}
+
+
+# -- reader worker processes ----------------------------------------------------------------------
+
+
+def _worker_main(conn: multiprocessing.connection.Connection, index: int) -> None:
+    logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(1)
+    asyncio.run(_worker(conn, index))
+
+
+async def _worker(conn: multiprocessing.connection.Connection, index: int) -> None:
+    loop = asyncio.get_running_loop()
+    conn.send("ready")
+    while True:
+        command = await loop.run_in_executor(None, conn.recv)
+        kind = command[0]
+        if kind == "exit":
+            return
+        if kind == "hub":
+            await _hub_worker(conn, loop, *command[1:])
+        elif kind == "naive":
+            await _naive_worker(conn, loop, *command[1:])
+        elif kind == "gloo":
+            await loop.run_in_executor(None, _gloo_worker, conn, *command[1:])
+
+
+async def _hub_worker(
+    conn: multiprocessing.connection.Connection,
+    loop: asyncio.AbstractEventLoop,
+    hub: str,
+    model: str,
+    holder_id: str,
+    host: str,
+) -> None:
+    from clients.weighthub import Reader
+
+    async with Reader(hub, model=model, holder_id=holder_id, host=host, transport_bind_host="127.0.0.1") as reader:
+
+        async def follow() -> None:
+            async for version in reader.watch():
+                await reader.fetch(version)
+                stats = reader.last_fetch
+                conn.send(
+                    ("fetched", version, time.time(), dict(stats.sources), stats.bytes_read, stats.num_read_failures)
+                )
+
+        task = asyncio.create_task(follow())
+        conn.send("started")
+        await loop.run_in_executor(None, conn.recv)  # "stop"
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    conn.send("stopped")
+
+
+async def _naive_worker(
+    conn: multiprocessing.connection.Connection, loop: asyncio.AbstractEventLoop, sizes: list[int], host_id: str | None
+) -> None:
+    from services.common.transport import TensorReader, TensorRef
+
+    buffers = [torch.ones(n, dtype=torch.uint8) for n in sizes]
+    async with TensorReader(host_id=host_id) as reader:
+        limit = asyncio.Semaphore(2)
+
+        async def one(ref: TensorRef, dst: torch.Tensor) -> None:
+            async with limit:
+                await reader.read(ref, dst)
+
+        conn.send("started")
+        while (command := await loop.run_in_executor(None, conn.recv))[0] == "go":
+            refs = [TensorRef.from_json(r) for r in command[1]]
+
+            await asyncio.gather(*(one(r, b) for r, b in zip(refs, buffers, strict=True)))
+            conn.send(("done", time.time()))
+    conn.send("stopped")
+
+
+def _gloo_worker(
+    conn: multiprocessing.connection.Connection, rank: int, world: int, port: int, sizes: list[int], reps: int
+) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    buffers = [torch.ones(n // 4, dtype=torch.float32) for n in sizes]
+    for _ in range(reps):
+        dist.barrier()
+        for buffer in buffers:
+            dist.broadcast(buffer, src=0)
+        dist.barrier()
+    dist.destroy_process_group()
+    conn.send("stopped")
+
+
+class Workers:
+    """A pool of reader processes, started once and reused by every scheme."""
+
+    def __init__(self, count: int) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.processes: list[multiprocessing.process.BaseProcess] = []
+        self.conns: list[multiprocessing.connection.Connection] = []
+        for index in range(count):
+            parent, child = context.Pipe()
+            process = context.Process(target=_worker_main, args=(child, index), daemon=True)
+            process.start()
+            self.processes.append(process)
+            self.conns.append(parent)
+        for conn in self.conns:
+            if not conn.poll(120) or conn.recv() != "ready":
+                raise TimeoutError("a reader process did not start")
+
+    def close(self) -> None:
+        for conn, process in zip(self.conns, self.processes, strict=True):
+            with contextlib.suppress(OSError, BrokenPipeError):
+                if process.is_alive():
+                    conn.send(("exit",))
+            process.join(5)
+            if process.is_alive():
+                process.kill()
+                process.join(5)
+
+
+async def _recv(conn: multiprocessing.connection.Connection, timeout_s: float = 300.0) -> Any:
+    loop = asyncio.get_running_loop()
+    if not await loop.run_in_executor(None, conn.poll, timeout_s):
+        raise TimeoutError("a reader process did not answer")
+    return conn.recv()
+
+
+# -- schemes ----------------------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def running_hub(redis_url: str) -> AsyncIterator[str]:
+    from services.weighthub.config import WeightHubConfig
+    from services.weighthub.server import create_server
+
+    config = WeightHubConfig(redis_url=redis_url, port=0, host="127.0.0.1", grace_s=0.2)
+    server = await create_server(config)
+    await server.server.start()
+    try:
+        yield f"127.0.0.1:{server.port}"
+    finally:
+        await server.stop(0.2)
+
+
+async def hub_scheme(
+    hub: str, workers: Workers, k: int, size_bytes: int, *, net: bool, delta: bool = False
+) -> dict[str, Any]:
+    """Time for K readers to hold a new version through the hub; the trainer's egress."""
+    from clients.weighthub import Publisher
+
+    model = f"bench-k{k}-{'net' if net else 'host'}"
+    host = TRAINER_HOST if net else ""
+    result: dict[str, Any] = {}
+    async with Publisher(
+        hub,
+        model=model,
+        host=host,
+        max_concurrent_reads=1,
+        transport_bind_host="127.0.0.1",
+        holder_id=f"{model}-trainer",
+    ) as publisher:
+        conns = workers.conns[:k]
+        for i, conn in enumerate(conns):
+            conn.send(("hub", hub, model, f"{model}-reader{i}", f"reader-host-{i}" if net else ""))
+        for conn in conns:
+            assert await _recv(conn) == "started"
+        versions = [model_weights(size_bytes, seed) for seed in (1, 2, 3)]
+        for version, tensors in enumerate(versions, start=1):
+            started = time.time()
+            await publisher.publish(version, tensors)
+            done = [await _recv(conn) for conn in conns]
+            assert all(d[1] == version for d in done), done
+        seconds = max(d[2] for d in done) - started
+        egress = sum(d[3].get(publisher.holder_id, 0) for d in done)
+        result = {
+            "seconds": seconds,
+            "egress_bytes": egress,
+            "egress_per_version": egress / size_bytes,
+            "read_failures": sum(d[5] for d in done),
+        }
+        if delta:
+            changed = dict(versions[-1])
+            num_chunks = size_bytes // (4 << 20)
+            num_changed = max(1, round(0.05 * num_chunks))
+            chunk_elems = (4 << 20) // 4
+            per_tensor = num_chunks // NUM_TENSORS
+            touched = 0
+            for c in range(0, num_chunks, num_chunks // num_changed)[:num_changed]:
+                name = f"layers.{c // per_tensor}.weight"
+                offset = (c % per_tensor) * chunk_elems
+                changed[name] = changed[name].clone()
+                changed[name][offset : offset + 10] += 1.0
+                touched += 1
+            await publisher.publish(4, changed)
+            done = [await _recv(conn) for conn in conns]
+            result["delta_changed_chunks"] = touched
+            result["delta_num_chunks"] = num_chunks
+            result["delta_changed_fraction"] = touched / num_chunks
+            result["delta_bytes_fraction"] = statistics.mean(d[4] for d in done) / size_bytes
+        for conn in conns:
+            conn.send("stop")
+        for conn in conns:
+            while (await _recv(conn)) != "stopped":
+                pass
+    return result
+
+
+async def naive_scheme(workers: Workers, k: int, size_bytes: int, *, net: bool) -> dict[str, Any]:
+    """Every reader reads every tensor from the trainer's holder."""
+    from services.common.transport import TensorHolder
+
+    tensors = model_weights(size_bytes, 1)
+    names = list(tensors)
+    async with TensorHolder(bind_host="127.0.0.1", host_id="naive-trainer" if net else None) as holder:
+        for name in names:
+            buffer = holder.allocate(tuple(tensors[name].shape), torch.float32)
+            buffer.copy_(tensors[name])
+            await holder.register(name, buffer)
+        conns = workers.conns[:k]
+        sizes = [tensors[n].numel() * 4 for n in names]
+        for i, conn in enumerate(conns):
+            conn.send(("naive", sizes, f"naive-reader-{i}" if net else None))
+        for conn in conns:
+            assert await _recv(conn) == "started"
+        seconds = 0.0
+        for seed in (2, 3):  # the first is a warm-up
+            fresh = model_weights(size_bytes, seed)
+            started = time.time()
+            for name in names:
+                await holder.update(name, fresh[name])
+            refs = [holder.ref(n).to_json() for n in names]
+            for conn in conns:
+                conn.send(("go", refs))
+            done = [await _recv(conn) for conn in conns]
+            seconds = max(d[1] for d in done) - started
+        for conn in conns:
+            conn.send(("stop",))
+        for conn in conns:
+            assert await _recv(conn) == "stopped"
+    return {"seconds": seconds, "egress_per_version": float(k)}
+
+
+async def broadcast_scheme(workers: Workers, k: int, size_bytes: int) -> dict[str, Any]:
+    """gloo broadcast of every tensor from rank 0 (this process) to K ranks."""
+    import torch.distributed as dist
+
+    port = free_port()
+    sizes = [t.numel() * 4 for t in model_weights(size_bytes, 1).values()]
+    reps = 2
+    for rank, conn in enumerate(workers.conns[:k], start=1):
+        conn.send(("gloo", rank, k + 1, port, sizes, reps))
+
+    def rank0() -> float:
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=k + 1)
+        tensors = list(model_weights(size_bytes, 1).values())
+        seconds = 0.0
+        for _ in range(reps):
+            dist.barrier()
+            started = time.perf_counter()
+            for tensor in tensors:
+                dist.broadcast(tensor, src=0)
+            dist.barrier()
+            seconds = time.perf_counter() - started
+        dist.destroy_process_group()
+        return seconds
+
+    seconds = await asyncio.get_running_loop().run_in_executor(None, rank0)
+    for conn in workers.conns[:k]:
+        assert await _recv(conn) == "stopped"
+    return {"seconds": seconds, "egress_per_version": float(k)}
+
+
+async def kill_scenario(hub: str, workers: Workers, size_bytes: int) -> dict[str, Any]:
+    """A reader holding the version is killed at 50 % of another reader's transfer from it."""
+    from clients.weighthub import Publisher, Reader
+
+    model = "bench-kill"
+    tensors = model_weights(size_bytes, 9)
+    victim = workers.conns[-1]
+    victim_process = workers.processes[-1]
+    async with Publisher(hub, model=model, host=TRAINER_HOST, transport_bind_host="127.0.0.1") as publisher:
+        victim.send(("hub", hub, model, "victim", "victim-host"))
+        assert await _recv(victim) == "started"
+        await publisher.publish(1, tensors)
+        assert (await _recv(victim))[1] == 1
+        total_chunks = sum(t.numel() * 4 for t in tensors.values()) // (4 << 20)
+
+        async def fetch(reader_id: str, kill: bool) -> tuple[float, int, int]:
+            async with Reader(
+                hub, model=model, holder_id=reader_id, host=f"{reader_id}-host", transport_bind_host="127.0.0.1"
+            ) as reader:
+                assert reader._reader is not None
+                transport = reader._reader
+                original = transport.read
+                verified = [0]
+
+                async def read(ref: Any, dst: Any, **kwargs: Any) -> Any:
+                    inner = kwargs["on_chunk"]
+
+                    def on_chunk(local: int) -> None:
+                        inner(local)
+                        if ref.holder_id == "victim":
+                            verified[0] += 1
+                            if kill and verified[0] == total_chunks // 2 and victim_process.pid:
+                                os.kill(victim_process.pid, signal.SIGKILL)
+
+                    kwargs["on_chunk"] = on_chunk
+                    return await original(ref, dst, **kwargs)
+
+                transport.read = read  # type: ignore[method-assign]
+                started = time.perf_counter()
+                got = await reader.fetch(1)
+                seconds = time.perf_counter() - started
+                torn = sum(not torch.equal(got[n], tensors[n]) for n in tensors)
+                return seconds, torn, reader.last_fetch.num_read_failures
+
+        clean_s, clean_torn, _ = await fetch("clean", kill=False)
+        killed_s, killed_torn, failures = await fetch("survivor", kill=True)
+    return {
+        "completed": 1,
+        "seconds_without_kill": clean_s,
+        "seconds_with_kill": killed_s,
+        "extra_seconds": killed_s - clean_s,
+        "torn_reads": clean_torn + killed_torn,
+        "read_failures_reported": failures,
+    }
+
+
+async def ceilings(size_bytes: int) -> dict[str, float]:
+    """GB/s of one loopback socket and of memcpy (median of 3, after a warm-up)."""
+    out = {}
+    for name, method_cm in (("socket", raw_socket_method(size_bytes)), ("memcpy", memcpy_method(size_bytes))):
+        async with method_cm as method:
+            await method.once()
+            times = []
+            for _ in range(3):
+                started = time.perf_counter()
+                await method.once()
+                times.append(time.perf_counter() - started)
+        out[f"{name}_gbps"] = size_bytes / statistics.median(times) / 1e9
+    return out
+
+
+async def run(*, quick: bool) -> dict[str, Any]:
+    size_bytes = (64 if quick else 256) << 20
+    figures: dict[str, Any] = {"model_size_bytes": size_bytes, "num_tensors": NUM_TENSORS}
+    with tempfile.TemporaryDirectory() as workdir:
+        redis = RedisProcess(Path(workdir))
+        redis.start()
+        workers = Workers(max(K_VALUES) + 1)
+        try:
+            figures["ceilings"] = await ceilings(size_bytes)
+            progress = Progress("schemes", len(K_VALUES) * 5 + 1)
+            async with running_hub(redis.url) as hub:
+                for k in K_VALUES:
+                    for net in (False, True):
+                        suffix = "_net" if net else ""
+                        figures[f"hub_k{k}{suffix}"] = await hub_scheme(
+                            hub, workers, k, size_bytes, net=net, delta=k == 8 and not net
+                        )
+                        progress.advance()
+                        figures[f"naive_k{k}{suffix}"] = await naive_scheme(workers, k, size_bytes, net=net)
+                        progress.advance()
+                    figures[f"broadcast_k{k}"] = await broadcast_scheme(workers, k, size_bytes)
+                    progress.advance()
+                figures["kill"] = await kill_scenario(hub, workers, size_bytes)
+                progress.advance()
+            progress.finish()
+        finally:
+            workers.close()
+            redis.stop()
+    hub8, hub8_net = figures["hub_k8"], figures["hub_k8_net"]
+    ratios = {
+        "hub_vs_naive_k8": figures["naive_k8"]["seconds"] / hub8["seconds"],
+        "hub_vs_broadcast_k8": figures["broadcast_k8"]["seconds"] / hub8["seconds"],
+        "egress_per_version_k8": hub8["egress_per_version"],
+        "throughput_vs_ceiling": 8 * size_bytes / hub8["seconds"] / 1e9 / figures["ceilings"]["socket_gbps"],
+        "torn_reads": figures["kill"]["torn_reads"],
+        "kill_completed": figures["kill"]["completed"],
+        "kill_extra_seconds": figures["kill"]["extra_seconds"],
+        "delta_bytes_fraction": hub8["delta_bytes_fraction"],
+        "hub_vs_naive_k8_net": figures["naive_k8_net"]["seconds"] / hub8_net["seconds"],
+        "hub_vs_broadcast_k8_net": figures["broadcast_k8"]["seconds"] / hub8_net["seconds"],
+        "egress_per_version_k8_net": hub8_net["egress_per_version"],
+        "throughput_vs_ceiling_net": 8 * size_bytes / hub8_net["seconds"] / 1e9 / figures["ceilings"]["socket_gbps"],
+    }
+    for k in K_VALUES:
+        ratios[f"hub_vs_naive_k{k}"] = figures[f"naive_k{k}"]["seconds"] / figures[f"hub_k{k}"]["seconds"]
+        ratios[f"hub_vs_broadcast_k{k}"] = figures[f"broadcast_k{k}"]["seconds"] / figures[f"hub_k{k}"]["seconds"]
+    config = {
+        "quick": quick,
+        "k_values": list(K_VALUES),
+        "model_size_bytes": size_bytes,
+        "num_tensors": NUM_TENSORS,
+        "chunk_size_bytes": 4 << 20,
+        "trainer_max_concurrent_reads": 1,
+        "throughput_ceiling": "one loopback socket (benchmarks/transport.py raw_socket_method)",
+        "delta_changed_fraction": 0.05,
+        "simulator": "not built (part (b) of issue #3 left out)",
+    }
+    return {"config": config, "figures": figures, "ratios": {k: round(v, 4) for k, v in ratios.items()}}
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = standard_parser(__doc__.splitlines()[0]).parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    sections = asyncio.run(run(quick=args.quick))
+    emit("weighthub", json_path=args.json, **sections)
+
+
+if __name__ == "__main__":
+    main()
