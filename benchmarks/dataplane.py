@@ -279,7 +279,7 @@ async def data_plane(workdir: Path) -> AsyncIterator[tuple[Any, int]]:
     """A redis-server and the data plane service as subprocesses; yields (client, server pid)."""
     from clients.base import probe_health
     from clients.dataplane import DataPlaneClient
-    from tests.support import RedisProcess, free_port
+    from services.common.redis_proc import RedisProcess, free_port
 
     redis = RedisProcess(workdir)
     redis.start()

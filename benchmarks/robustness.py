@@ -31,10 +31,10 @@ from typing import Any
 from seedstack.robustness.v1 import robustness_pb2 as pb
 
 from benchmarks.report import Progress, emit, standard_parser
+from services.common.redis_proc import RedisProcess, free_port
 from services.robustness.drill import Drill, running_drill
 from services.robustness.faults import ArmedFault, arm
 from services.robustness.sim import SimParams, simulate
-from tests.support import RedisProcess, free_port
 
 logger = logging.getLogger(__name__)
 

@@ -43,7 +43,7 @@ import torch
 
 from benchmarks.report import Progress, emit, standard_parser
 from benchmarks.transport import memcpy_method, raw_socket_method
-from tests.support import RedisProcess, free_port
+from services.common.redis_proc import RedisProcess, free_port
 
 logger = logging.getLogger("benchmarks.weighthub")
 

@@ -31,6 +31,7 @@ from typing import Any
 
 from clients.base import probe_health
 from services.common.catalog import SERVICES, service_info
+from services.common.redis_proc import RedisProcess, redis_answers
 
 STATE_FILE = "stack.json"
 DEFAULT_RUN_DIR = "runs/stack"
@@ -95,44 +96,17 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _redis_answers(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
-            s.sendall(b"PING\r\n")
-            return s.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False
-
-
-def start_redis(run_dir: Path, timeout_s: float = 15.0) -> ProcessState:
-    """A private redis-server on a free loopback port, nothing persisted."""
-    exe = shutil.which("redis-server")
-    if exe is None:
+def start_redis(run_dir: Path) -> ProcessState:
+    """A private redis-server on a free loopback port, nothing persisted, in its own session."""
+    if shutil.which("redis-server") is None:
         raise SeedctlError("redis-server is not installed and REDIS_URL is not set (apt-get install redis-server)")
-    data_dir = run_dir / "redis"
-    data_dir.mkdir(parents=True, exist_ok=True)
     log_path = run_dir / "logs" / "redis.log"
-    for _ in range(3):  # another process may take the port between probe and bind
-        port = _free_port()
-        proc = subprocess.Popen(
-            [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(data_dir), "--logfile", str(log_path.resolve())],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        )
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and proc.poll() is None:
-            if _redis_answers(port):
-                return ProcessState("redis", proc.pid, str(log_path), time.time(), f"127.0.0.1:{port}")
-            time.sleep(0.05)
-        if proc.poll() is None:
-            proc.kill()
-    raise SeedctlError(f"redis-server did not start; see {log_path}")
+    redis = RedisProcess(run_dir / "redis", log_path=log_path, new_session=True)
+    try:
+        redis.start(timeout_s=15)
+    except RuntimeError as exc:
+        raise SeedctlError(str(exc)) from None
+    return ProcessState("redis", redis.pid, str(log_path), time.time(), f"127.0.0.1:{redis.port}")
 
 
 def start_service(name: str, run_dir: Path, redis_url: str) -> ProcessState:
@@ -269,7 +243,7 @@ async def status_rows(state: StackState) -> list[tuple[str, str, str, str]]:
     rows = []
     if state.redis:
         alive = pid_alive(state.redis.pid)
-        rows.append(("redis", state.redis.address, "SERVING" if alive and _redis_answers(
+        rows.append(("redis", state.redis.address, "SERVING" if alive and redis_answers(
             int(state.redis.address.rsplit(":", 1)[1])) else "DOWN", _uptime(time.time() - state.redis.started_unix_s)))
     else:
         rows.append(("redis", state.redis_url, "EXTERNAL", "-"))
