@@ -17,10 +17,12 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from seedstack.weighthub.v1 import weighthub_pb2 as wh
+from seedstack.weighthub.v1 import weighthub_pb2_grpc as wh_grpc
 
 from clients.base import ClientOptions, RPCError
 from clients.weighthub import WeightHubClient
 from services.common.errors import InvalidArgument, NotFound
+from services.common.pending import pending_servicer
 from services.common.redis_meta import RedisMeta, ServiceRegistry
 from services.common.server import GrpcServer, create_grpc_server
 from services.rollout.config import RolloutConfig
@@ -50,18 +52,10 @@ async def weighthub(redis_url: str) -> AsyncIterator[GrpcServer]:
     await server.stop(0)
 
 
-async def test_serving_with_reflection_and_unimplemented_rpcs_that_say_why(weighthub: GrpcServer) -> None:
+async def test_serving_with_reflection(weighthub: GrpcServer) -> None:
     async with WeightHubClient(f"127.0.0.1:{weighthub.port}") as client:
         await assert_eventually(lambda: _is_serving(client), message="weighthub SERVING once Redis answers")
         assert await client.health("seedstack.weighthub.v1.WeightHub") == "SERVING"
-        with pytest.raises(RPCError) as err:
-            await client.list_versions(wh.ListVersionsRequest(model="m"))
-        assert err.value.code == grpc.StatusCode.UNIMPLEMENTED
-        assert "WeightHub.ListVersions is not implemented" in err.value.details and "issue #3" in err.value.details
-        with pytest.raises(RPCError) as err:
-            async for _ in client.watch_versions(wh.WatchVersionsRequest(model="m")):
-                pass
-        assert err.value.code == grpc.StatusCode.UNIMPLEMENTED
         stub = reflection_pb2_grpc.ServerReflectionStub(client.channel)
 
         async def ask() -> AsyncIterator[reflection_pb2.ServerReflectionRequest]:
@@ -71,6 +65,27 @@ async def test_serving_with_reflection_and_unimplemented_rpcs_that_say_why(weigh
         async for reply in stub.ServerReflectionInfo(ask()):
             names |= {s.name for s in reply.list_services_response.service}
         assert {"seedstack.weighthub.v1.WeightHub", "grpc.health.v1.Health"} <= names
+
+
+async def test_pending_rpcs_answer_unimplemented_naming_the_issue(redis_url: str) -> None:
+    servicer = pending_servicer(wh_grpc.WeightHubServicer, wh.DESCRIPTOR.services_by_name["WeightHub"],
+                                issue=3, topic="weight hub")
+    spec = (wh_grpc.add_WeightHubServicer_to_server, servicer, "seedstack.weighthub.v1.WeightHub")
+    server = create_grpc_server(WeightHubConfig(redis_url=redis_url, port=0), [spec])
+    await server.server.start()
+    try:
+        async with WeightHubClient(f"127.0.0.1:{server.port}") as client:
+            with pytest.raises(RPCError) as err:
+                await client.list_versions(wh.ListVersionsRequest(model="m"))
+            assert err.value.code == grpc.StatusCode.UNIMPLEMENTED
+            assert "WeightHub.ListVersions is not implemented" in err.value.details
+            assert "issue #3" in err.value.details
+            with pytest.raises(RPCError) as err:
+                async for _ in client.watch_versions(wh.WatchVersionsRequest(model="m")):
+                    pass
+            assert err.value.code == grpc.StatusCode.UNIMPLEMENTED
+    finally:
+        await server.stop(0)
 
 
 async def _is_serving(client: WeightHubClient) -> bool:
@@ -99,7 +114,7 @@ async def test_shared_token_is_required_except_for_health(redis_url: str) -> Non
         async with WeightHubClient(address, ClientOptions(token="s3cret")) as client:
             with pytest.raises(RPCError) as err:
                 await client.list_versions(wh.ListVersionsRequest(model="m"))
-            assert err.value.code == grpc.StatusCode.UNIMPLEMENTED  # past the token check
+            assert err.value.code == grpc.StatusCode.NOT_FOUND  # past the token check: no such model
     finally:
         await server.stop(0)
 
