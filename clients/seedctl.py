@@ -46,10 +46,13 @@ class ProcessState:
     """One process this stack started."""
 
     name: str
+    """Instance name: the service's name, with ``-2``, ``-3``... for extra replicas."""
     pid: int
     log_path: str
     started_unix_s: float
     address: str = ""
+    service: str = ""
+    """Service (module under services/) this instance runs; empty for redis."""
 
 
 @dataclass
@@ -109,10 +112,11 @@ def start_redis(run_dir: Path) -> ProcessState:
     return ProcessState("redis", redis.pid, str(log_path), time.time(), f"127.0.0.1:{redis.port}")
 
 
-def start_service(name: str, run_dir: Path, redis_url: str) -> ProcessState:
-    """``python -m services.<name>`` on a free port, logs to ``<run-dir>/logs/<name>.log``."""
+def start_service(name: str, run_dir: Path, redis_url: str, instance: str = "") -> ProcessState:
+    """``python -m services.<name>`` on a free port, logs to ``<run-dir>/logs/<instance>.log``."""
     info = service_info(name)
-    log_path = run_dir / "logs" / f"{name}.log"
+    instance = instance or name
+    log_path = run_dir / "logs" / f"{instance}.log"
     env = dict(os.environ)
     env.update({
         "REDIS_URL": redis_url,
@@ -120,11 +124,11 @@ def start_service(name: str, run_dir: Path, redis_url: str) -> ProcessState:
         f"{info.env_prefix}HOST": env.get(f"{info.env_prefix}HOST", "127.0.0.1"),
         "PYTHONUNBUFFERED": "1",
     })
-    env.setdefault("SEEDSTACK_TRACE_FILE", str((run_dir / "traces" / f"{name}.jsonl").resolve()))
+    env.setdefault("SEEDSTACK_TRACE_FILE", str((run_dir / "traces" / f"{instance}.jsonl").resolve()))
     with log_path.open("ab") as log:
         proc = subprocess.Popen([sys.executable, "-m", f"services.{name}"], stdout=log, stderr=subprocess.STDOUT,
                                 env=env, start_new_session=True, cwd=Path(__file__).resolve().parent.parent)
-    return ProcessState(name, proc.pid, str(log_path), time.time())
+    return ProcessState(instance, proc.pid, str(log_path), time.time(), service=name)
 
 
 async def _registered_address(redis_url: str, name: str, pid: int) -> str:
@@ -179,7 +183,8 @@ def _reap() -> None:
         pass
 
 
-def up(run_dir: Path, timeout_s: float, only: list[str] | None = None) -> StackState:
+def up(run_dir: Path, timeout_s: float, only: list[str] | None = None,
+       replicas: dict[str, int] | None = None) -> StackState:
     """Start the stack; raise SeedctlError (after stopping what started) if any service fails."""
     previous = StackState.load(run_dir)
     if previous is not None:
@@ -190,7 +195,8 @@ def up(run_dir: Path, timeout_s: float, only: list[str] | None = None) -> StackS
         print(f"seedctl: removing stale state of a stack that is no longer running in {run_dir}")
         (run_dir / STATE_FILE).unlink()
     names = only or [s.name for s in SERVICES]
-    for name in names:
+    replicas = replicas or {}
+    for name in [*names, *replicas]:
         service_info(name)
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
     state = StackState(run_dir=str(run_dir), redis_url=os.environ.get("REDIS_URL", ""))
@@ -201,7 +207,9 @@ def up(run_dir: Path, timeout_s: float, only: list[str] | None = None) -> StackS
             print(f"seedctl: redis-server on {state.redis.address} (pid {state.redis.pid})")
         state.save()
         for name in names:
-            state.services[name] = start_service(name, run_dir, state.redis_url)
+            for i in range(1, replicas.get(name, 1) + 1):
+                instance = name if i == 1 else f"{name}-{i}"
+                state.services[instance] = start_service(name, run_dir, state.redis_url, instance)
             state.save()
         asyncio.run(_wait_serving(state, timeout_s))
         state.save()
@@ -221,7 +229,7 @@ async def _wait_serving(state: StackState, timeout_s: float) -> None:
                 raise SeedctlError(f"{name} exited during start-up; last lines of {proc.log_path}:\n"
                                    f"{_tail(proc.log_path)}")
             if not proc.address:
-                proc.address = await _registered_address(state.redis_url, name, proc.pid)
+                proc.address = await _registered_address(state.redis_url, proc.service or name, proc.pid)
             if proc.address and await probe_health(proc.address) == "SERVING":
                 print(f"seedctl: {name:<11} SERVING on {proc.address} "
                       f"({time.time() - proc.started_unix_s:.1f} s)")
@@ -231,6 +239,17 @@ async def _wait_serving(state: StackState, timeout_s: float) -> None:
             raise SeedctlError(f"not SERVING within {timeout_s:.0f} s: {status}; see {state.run_dir}/logs/")
         if pending:
             await asyncio.sleep(0.1)
+
+
+def parse_replicas(text: str) -> dict[str, int]:
+    """``"rollout=2,trainer=1"`` -> {"rollout": 2, "trainer": 1}; SeedctlError on a bad entry."""
+    replicas: dict[str, int] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, _, count = item.partition("=")
+        if not count.isdigit() or int(count) < 1:
+            raise SeedctlError(f"--replicas {item!r}: expected SERVICE=N with N >= 1")
+        replicas[name.strip()] = int(count)
+    return replicas
 
 
 def _uptime(seconds: float) -> str:
@@ -280,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     p_up = sub.add_parser("up", help="start redis (unless REDIS_URL is set) and every service; wait until SERVING")
     p_up.add_argument("--timeout-s", type=float, default=120.0, help="how long to wait for SERVING")
     p_up.add_argument("--services", default="", help="comma-separated subset (default: all)")
+    p_up.add_argument("--replicas", default="", help="instances per service, e.g. rollout=2 (default: 1 each)")
     sub.add_parser("status", help="table of service, address, health, uptime")
     p_logs = sub.add_parser("logs", help="print a service's log")
     p_logs.add_argument("service", help="service name, or redis")
@@ -299,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "up":
             only = [s.strip() for s in args.services.split(",") if s.strip()] or None
-            started = up(run_dir, args.timeout_s, only)
+            started = up(run_dir, args.timeout_s, only, parse_replicas(args.replicas))
             print(f"seedctl: stack up in {run_dir} (redis {started.redis_url}); "
                   f"`seedctl --run-dir {run_dir} status` shows it, `seedctl --run-dir {run_dir} down` stops it")
         elif args.command == "status":

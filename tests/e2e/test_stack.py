@@ -87,9 +87,13 @@ def test_a_service_that_fails_to_start_is_named_and_nothing_is_left_behind(tmp_p
     assert leftover.stdout.strip() == ""
 
 
-def test_second_up_in_the_same_run_dir_is_refused(tmp_path: Path, redis_url: str) -> None:
+def test_replicas_and_a_second_up_in_the_same_run_dir_is_refused(tmp_path: Path, redis_url: str) -> None:
     run_dir = tmp_path / "stack"
-    assert seedctl(run_dir, "up", "--services", "weighthub", env={"REDIS_URL": redis_url}).returncode == 0
+    started = seedctl(run_dir, "up", "--services", "weighthub", "--replicas", "weighthub=2", env={"REDIS_URL": redis_url})
+    assert started.returncode == 0, started.stderr
+    state = StackState.load(run_dir)
+    assert state is not None and set(state.services) == {"weighthub", "weighthub-2"}
+    assert len({p.address for p in state.services.values()}) == 2
     try:
         again = seedctl(run_dir, "up", "--services", "weighthub", env={"REDIS_URL": redis_url})
         assert again.returncode == 1 and "already running" in again.stderr
