@@ -89,7 +89,8 @@ def test_a_service_that_fails_to_start_is_named_and_nothing_is_left_behind(tmp_p
 
 def test_replicas_and_a_second_up_in_the_same_run_dir_is_refused(tmp_path: Path, redis_url: str) -> None:
     run_dir = tmp_path / "stack"
-    started = seedctl(run_dir, "up", "--services", "weighthub", "--replicas", "weighthub=2", env={"REDIS_URL": redis_url})
+    started = seedctl(run_dir, "up", "--services", "weighthub", "--replicas", "weighthub=2",
+                      env={"REDIS_URL": redis_url})
     assert started.returncode == 0, started.stderr
     state = StackState.load(run_dir)
     assert state is not None and set(state.services) == {"weighthub", "weighthub-2"}
