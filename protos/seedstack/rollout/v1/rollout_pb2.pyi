@@ -180,7 +180,7 @@ class StatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatsResponse(_message.Message):
-    __slots__ = ("weighthub_model", "served_version", "pending_version", "last_rejected_version", "last_rejected_reason", "num_weight_swaps", "last_swap_stall_s", "paused", "rollout_running", "num_running_sequences", "num_queued_sequences", "num_partial_samples", "kv_cache_utilization", "decode_tokens_per_s", "idle_fraction", "window_s", "num_tokens_generated", "num_samples_finished")
+    __slots__ = ("weighthub_model", "served_version", "pending_version", "last_rejected_version", "last_rejected_reason", "num_weight_swaps", "last_swap_stall_s", "paused", "rollout_running", "num_running_sequences", "num_queued_sequences", "num_partial_samples", "kv_cache_utilization", "decode_tokens_per_s", "idle_fraction", "window_s", "num_tokens_generated", "num_samples_finished", "mean_batch_occupancy")
     WEIGHTHUB_MODEL_FIELD_NUMBER: _ClassVar[int]
     SERVED_VERSION_FIELD_NUMBER: _ClassVar[int]
     PENDING_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -199,6 +199,7 @@ class StatsResponse(_message.Message):
     WINDOW_S_FIELD_NUMBER: _ClassVar[int]
     NUM_TOKENS_GENERATED_FIELD_NUMBER: _ClassVar[int]
     NUM_SAMPLES_FINISHED_FIELD_NUMBER: _ClassVar[int]
+    MEAN_BATCH_OCCUPANCY_FIELD_NUMBER: _ClassVar[int]
     weighthub_model: str
     served_version: int
     pending_version: int
@@ -217,4 +218,5 @@ class StatsResponse(_message.Message):
     window_s: float
     num_tokens_generated: int
     num_samples_finished: int
-    def __init__(self, weighthub_model: _Optional[str] = ..., served_version: _Optional[int] = ..., pending_version: _Optional[int] = ..., last_rejected_version: _Optional[int] = ..., last_rejected_reason: _Optional[str] = ..., num_weight_swaps: _Optional[int] = ..., last_swap_stall_s: _Optional[float] = ..., paused: _Optional[bool] = ..., rollout_running: _Optional[bool] = ..., num_running_sequences: _Optional[int] = ..., num_queued_sequences: _Optional[int] = ..., num_partial_samples: _Optional[int] = ..., kv_cache_utilization: _Optional[float] = ..., decode_tokens_per_s: _Optional[float] = ..., idle_fraction: _Optional[float] = ..., window_s: _Optional[float] = ..., num_tokens_generated: _Optional[int] = ..., num_samples_finished: _Optional[int] = ...) -> None: ...
+    mean_batch_occupancy: float
+    def __init__(self, weighthub_model: _Optional[str] = ..., served_version: _Optional[int] = ..., pending_version: _Optional[int] = ..., last_rejected_version: _Optional[int] = ..., last_rejected_reason: _Optional[str] = ..., num_weight_swaps: _Optional[int] = ..., last_swap_stall_s: _Optional[float] = ..., paused: _Optional[bool] = ..., rollout_running: _Optional[bool] = ..., num_running_sequences: _Optional[int] = ..., num_queued_sequences: _Optional[int] = ..., num_partial_samples: _Optional[int] = ..., kv_cache_utilization: _Optional[float] = ..., decode_tokens_per_s: _Optional[float] = ..., idle_fraction: _Optional[float] = ..., window_s: _Optional[float] = ..., num_tokens_generated: _Optional[int] = ..., num_samples_finished: _Optional[int] = ..., mean_batch_occupancy: _Optional[float] = ...) -> None: ...

@@ -84,7 +84,9 @@ class RolloutServicer:
     def Generate(self, request, context):
         """Generates samples for the given prompts and streams them: each finished sample, and, when
         asked, the tokens of every sample as they are produced. INVALID_ARGUMENT for an empty prompt,
-        one longer than the context, or sampling parameters out of range.
+        one longer than the context, or sampling parameters out of range; RESOURCE_EXHAUSTED when one
+        request asks for more sequences (prompts times n) than the server queues at once. Sequences of a
+        call that ends early (the client cancels) are dropped from the batch.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -100,7 +102,8 @@ class RolloutServicer:
 
     def StartRollout(self, request, context):
         """Starts the streaming worker loop: prompts from a data-plane plan, generation that follows a
-        weight-hub model, verification, scored samples back to the data plane.
+        weight-hub model, verification, scored samples back to the data plane. FAILED_PRECONDITION when
+        a loop runs already, or the weight hub cannot be followed.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -116,7 +119,8 @@ class RolloutServicer:
     def UpdateWeights(self, request, context):
         """Fetches a weight version from the weight hub in the background, verifies it and swaps it in
         between two decode steps; returns once it is served. DATA_LOSS when the version fails
-        verification: the server keeps serving the version it had.
+        verification: the server keeps serving the version it had (Stats reports it). NOT_FOUND when the
+        model has no such version; FAILED_PRECONDITION when no model is named or followed.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

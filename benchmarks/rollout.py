@@ -1,0 +1,338 @@
+"""Rollout benchmark: the engine beside Hugging Face ``generate``, streaming beside synchronous rounds,
+a background weight swap beside a stop-the-world reload, and the verifiers on a hand-labelled set.
+
+    .venv/bin/python -m benchmarks.rollout [--quick] [--json PATH] [--threads N]
+
+Same model, same prompts, one run. The weight source of the stall comparison is the in-process
+``MemoryWeightSource`` (blake2b-verified copies), the same for both sides, so the comparison isolates
+what generation sees; the transfer itself is the weight hub's benchmark.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch
+
+from benchmarks.report import Progress, emit, standard_parser
+from services.rollout.decoder import Arch, Weights, prepare_weights, read_arch
+from services.rollout.engine import Engine, Limits, SamplingParams, SequenceRequest
+from services.rollout.generation import EventRouter, Generation
+from services.rollout.model import CharTokenizer, build_model
+from services.rollout.streaming import PromptItem, RolloutSettings, RolloutWorker, ScoredSample
+from services.rollout.verifiers import Verifiers, verify_arithmetic, verify_math
+from services.rollout.weights import MemoryWeightSource, WeightUpdater
+
+LABELLED = Path(__file__).parent / "data" / "math_answers_labelled.jsonl"
+NO_EOS = CharTokenizer(eos_id=-1)
+"""Every sequence runs to its max_new_tokens, so both sides decode the same number of tokens."""
+
+
+def prompts(n: int) -> list[list[int]]:
+    return [list(f"Compute {i * 7 % 97} + {i * 13 % 89} - {i % 10}.".encode()) for i in range(n)]
+
+
+async def engine_tokens_per_s(generation: Generation, batch: int, new_tokens: int) -> float:
+    params = SamplingParams(temperature=0.0, max_new_tokens=new_tokens)
+    requests = [SequenceRequest(prompt_ids=p, params=params, seed=0) for p in prompts(batch)]
+    start = time.perf_counter()
+    async with generation.call() as call:
+        call.submit(requests)
+        tokens = sum([len(e.completion_ids) async for e in call.events() if e.kind == "finished"])
+    return tokens / (time.perf_counter() - start)
+
+
+def hf_tokens_per_s(model: torch.nn.Module, batch: int, new_tokens: int) -> float:
+    ids = prompts(batch)
+    width = max(len(p) for p in ids)
+    input_ids = torch.tensor([[0] * (width - len(p)) + p for p in ids])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in ids])
+    start = time.perf_counter()
+    with torch.inference_mode():
+        out = model.generate(
+            input_ids=input_ids,
+            attention_mask=mask,
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=False,
+            pad_token_id=0,
+        )
+    return (out.shape[1] - width) * batch / (time.perf_counter() - start)
+
+
+def hf_one_at_a_time_tokens_per_s(model: torch.nn.Module, count: int, new_tokens: int) -> float:
+    start = time.perf_counter()
+    tokens = 0
+    with torch.inference_mode():
+        for p in prompts(count):
+            out = model.generate(
+                torch.tensor([p]), max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0
+            )
+            tokens += out.shape[1] - len(p)
+    return tokens / (time.perf_counter() - start)
+
+
+def make_engine(arch: Arch, weights: Weights, max_batch_size: int, router: EventRouter, **kwargs: Any) -> Engine:
+    limits = Limits(max_context_tokens=512, max_new_tokens=400, max_samples_per_prompt=64)
+    return Engine(arch, weights, NO_EOS, max_batch_size=max_batch_size, limits=limits, on_events=router.post, **kwargs)
+
+
+async def bench_engine(model: torch.nn.Module, quick: bool, figures: dict[str, Any]) -> float:
+    arch = read_arch(model)
+    router = EventRouter(asyncio.get_running_loop())
+    engine = make_engine(arch, prepare_weights(arch, model.state_dict()), 64, router)
+    generation = Generation(engine, router)
+    new_tokens = 32
+    batches = (1, 8, 32, 64)
+    reps = 1 if quick else 3
+    progress = Progress("engine vs generate", len(batches) * reps)
+    ours: dict[int, float] = {}
+    theirs: dict[int, float] = {}
+    await engine_tokens_per_s(generation, 4, 8)  # warm-up
+    hf_tokens_per_s(model, 2, 4)
+    for batch in batches:
+        ours_runs, theirs_runs = [], []
+        for _ in range(reps):
+            ours_runs.append(await engine_tokens_per_s(generation, batch, new_tokens))
+            theirs_runs.append(hf_tokens_per_s(model, batch, new_tokens))
+            progress.advance()
+        ours[batch] = statistics.median(ours_runs)
+        theirs[batch] = statistics.median(theirs_runs)
+    progress.finish()
+    one_at_a_time = hf_one_at_a_time_tokens_per_s(model, 4 if quick else 8, new_tokens)
+    await asyncio.to_thread(engine.close)
+    figures["decode_tokens_per_s"] = {
+        "engine": {str(b): round(v) for b, v in ours.items()},
+        "hf_generate_batched": {str(b): round(v) for b, v in theirs.items()},
+        "hf_generate_one_at_a_time": round(one_at_a_time),
+        "new_tokens": new_tokens,
+    }
+    figures["engine_vs_hf_generate_by_batch"] = {str(b): round(ours[b] / theirs[b], 2) for b in batches}
+    figures["engine_batch64_vs_hf_one_at_a_time"] = round(ours[64] / one_at_a_time, 2)
+    return ours[32] / theirs[32]
+
+
+class LongTailFeed:
+    """Prompts whose samples have long-tailed budgets: most short, one in five ten times longer."""
+
+    def __init__(self, group_size: int, short: int, long: int) -> None:
+        self.group_size = group_size
+        self.short = short
+        self.long = long
+        self.count = 0
+        self.pushed = 0
+
+    async def next_prompts(self, num: int) -> tuple[list[PromptItem], int]:
+        items = []
+        for _ in range(num):
+            i = self.count
+            self.count += 1
+            budgets = tuple(
+                self.long if (i * self.group_size + k) % 5 == 0 else self.short + (i + k) % 5
+                for k in range(self.group_size)
+            )
+            text = f"Compute {i % 97} + {i % 89}."
+            items.append(PromptItem(f"p{i}", f"g{i}", list(text.encode()), "", "", budgets))
+        return items, self.group_size
+
+    async def put_samples(self, samples: list[ScoredSample]) -> None:
+        self.pushed += len(samples)
+
+
+async def rollout_rate(arch: Arch, weights: Weights, alpha: float, num_samples: int) -> dict[str, float]:
+    """Samples/s and slot idle fraction of the worker loop at completion ratio ``alpha``."""
+    router = EventRouter(asyncio.get_running_loop())
+    engine = make_engine(arch, weights, 32, router, weight_version=1)
+    slots: list[int] = []
+    engine.step_observer = lambda start, end, batch: slots.append(batch)
+    feed = LongTailFeed(group_size=4, short=12, long=120)
+    settings = RolloutSettings(
+        sampling=SamplingParams(temperature=1.0, max_new_tokens=120),
+        num_prompts_per_round=8,
+        completion_ratio=alpha,
+        max_staleness_versions=4,
+        seed=1,
+    )
+    verifiers = Verifiers(code_timeout_s=1, code_memory_bytes=64 << 20, max_concurrent_code=1)
+    worker = RolloutWorker(Generation(engine, router), verifiers, settings, feed.next_prompts, feed.put_samples)
+    start = time.perf_counter()
+    while feed.pushed < num_samples:
+        await worker.run(num_rounds=1)
+    elapsed = time.perf_counter() - start
+    await asyncio.to_thread(engine.close)
+    idle = engine.stats().idle_fraction
+    return {
+        "samples_per_s": feed.pushed / elapsed,
+        "slot_idle_fraction": 1 - sum(slots) / (len(slots) * 32),
+        "time_idle_fraction": idle,
+        "mean_round_s": statistics.mean(worker.counters.round_s),
+        "partials_continued": worker.counters.num_partials_continued,
+    }
+
+
+async def bench_streaming(model: torch.nn.Module, quick: bool, figures: dict[str, Any]) -> float:
+    arch = read_arch(model)
+    weights = prepare_weights(arch, model.state_dict())
+    num_samples = 480 if quick else 1600
+    sync = await rollout_rate(arch, weights, 1.0, num_samples)
+    streaming = await rollout_rate(arch, weights, 0.5, num_samples)
+    figures["long_tail"] = {
+        "lengths": "per group of 4: one sample in five 120 tokens, the rest 12-16",
+        "num_samples": num_samples,
+        "sync_alpha_1": {k: round(v, 3) for k, v in sync.items()},
+        "streaming_alpha_0.5": {k: round(v, 3) for k, v in streaming.items()},
+    }
+    return streaming["samples_per_s"] / sync["samples_per_s"]
+
+
+def lost_decode_s(steps: list[tuple[float, float]], window: tuple[float, float], typical_step_s: float) -> float:
+    """Wall time of ``window`` not covered by decode progress at the typical step time."""
+    inside = [s for s in steps if s[0] >= window[0] and s[1] <= window[1]]
+    return max(0.0, (window[1] - window[0]) - len(inside) * typical_step_s)
+
+
+async def bench_stall(quick: bool, figures: dict[str, Any]) -> float:
+    config = json.dumps(
+        {
+            "hidden_size": 384,
+            "intermediate_size": 1536,
+            "num_hidden_layers": 6,
+            "num_attention_heads": 6,
+            "num_key_value_heads": 6,
+            "max_position_embeddings": 1024,
+        }
+    )
+    model = build_model(config, seed=0)
+    arch = read_arch(model)
+    router = EventRouter(asyncio.get_running_loop())
+    engine = make_engine(arch, prepare_weights(arch, model.state_dict()), 16, router)
+    steps: list[tuple[float, float]] = []
+    engine.step_observer = lambda start, end, batch: steps.append((start, end))
+    source = MemoryWeightSource()
+    updater = WeightUpdater(engine, arch)
+    await updater.attach(source, "policy", follow=False)
+    generation = Generation(engine, router)
+    reps = 2 if quick else 4
+    ours, theirs = [], []
+    params = SamplingParams(temperature=1.0, max_new_tokens=400)
+    async with generation.call() as call:
+        call.submit(
+            [SequenceRequest(prompt_ids=p, params=params, seed=i, sample_index=i) for i, p in enumerate(prompts(16))]
+        )
+        while len(steps) < 20:  # noqa: ASYNC110 - steps come from the engine thread
+            await asyncio.sleep(0.01)
+        typical = statistics.median(e - s for s, e in steps[-15:])
+        for version in range(1, 2 * reps + 1):
+            state = {k: v + 0.001 * version for k, v in model.state_dict().items()}
+            await source.publish(version, state)
+            before = len(steps)
+            start = time.perf_counter()
+            if version % 2:
+                await updater.update(version)  # background fetch + verify + swap between steps
+            else:
+                # Stop the world: hold decoding, then fetch, verify and load, then go on.
+                await asyncio.wrap_future(engine.pause())
+                tensors = await source.fetch(version)
+                weights = await asyncio.to_thread(prepare_weights, arch, tensors)
+                await asyncio.wrap_future(engine.swap(weights, version))
+                await asyncio.wrap_future(engine.resume())
+            while len(steps) < before + 3:  # noqa: ASYNC110 - steps come from the engine thread
+                await asyncio.sleep(0.001)
+            end = steps[before + 2][1]
+            lost = lost_decode_s(steps, (start, end), typical)
+            (ours if version % 2 else theirs).append(lost)
+    await updater.detach()
+    await asyncio.to_thread(engine.close)
+    figures["weight_update_stall"] = {
+        "model_parameters": sum(p.numel() for p in model.parameters()),
+        "typical_step_s": round(typical, 5),
+        "background_lost_decode_s": [round(x, 4) for x in ours],
+        "stop_the_world_lost_decode_s": [round(x, 4) for x in theirs],
+        "weight_source": "in-process MemoryWeightSource (blake2b-verified copies), same for both",
+    }
+    # Lost decode time floors at one step's worth of timer noise, so the ratio stays finite.
+    return statistics.median(theirs) / max(statistics.median(ours), typical * 0.05)
+
+
+async def bench_verifiers(quick: bool, figures: dict[str, Any]) -> float:
+    rows = [json.loads(line) for line in LABELLED.read_text().splitlines()]
+    latencies, agree = [], 0
+    for r in rows:
+        start = time.perf_counter()
+        verdict = verify_math(r["answer"], r["reference"])
+        latencies.append(time.perf_counter() - start)
+        agree += (verdict.score == 1.0) == bool(r["label"])
+    arith = []
+    for i in range(2000):
+        start = time.perf_counter()
+        verify_arithmetic(f"{i} {i + 1} {i * 3}", str(i * 3))
+        arith.append(time.perf_counter() - start)
+    verifiers = Verifiers(code_timeout_s=2.0, code_memory_bytes=256 << 20, max_concurrent_code=2)
+    code = []
+    num_code = 8 if quick else 24
+    start_all = time.perf_counter()
+
+    async def one() -> None:
+        start = time.perf_counter()
+        await verifiers.verify("code", "def f(x):\n    return x + 1", "assert f(1) == 2\nassert f(5) == 6")
+        code.append(time.perf_counter() - start)
+
+    await asyncio.gather(*(one() for _ in range(num_code)))
+    code_elapsed = time.perf_counter() - start_all
+
+    def pct(xs: list[float], q: float) -> float:
+        return round(statistics.quantiles(xs, n=100)[q - 1] * 1000, 3)
+
+    figures["verifiers"] = {
+        "math_per_s": round(len(latencies) / sum(latencies), 1),
+        "math_latency_ms_p50": pct(latencies, 50),
+        "math_latency_ms_p95": pct(latencies, 95),
+        "arithmetic_per_s": round(len(arith) / sum(arith)),
+        "arithmetic_latency_ms_p50": pct(arith, 50),
+        "arithmetic_latency_ms_p95": pct(arith, 95),
+        "code_per_s": round(num_code / code_elapsed, 2),
+        "code_latency_ms_p50": pct(code, 50),
+        "code_latency_ms_p95": pct(code, 95),
+        "math_agreement": f"{agree}/{len(rows)}",
+    }
+    return agree / len(rows)
+
+
+async def main_async(quick: bool, threads: int) -> dict[str, Any]:
+    torch.set_num_threads(threads)
+    model = build_model("", seed=0)
+    figures: dict[str, Any] = {}
+    ratios: dict[str, Any] = {}
+    ratios["engine_vs_hf_generate"] = round(await bench_engine(model, quick, figures), 3)
+    ratios["streaming_vs_sync"] = round(await bench_streaming(model, quick, figures), 3)
+    ratios["stall_vs_stop_the_world"] = round(await bench_stall(quick, figures), 2)
+    ratios["verifier_agreement"] = round(await bench_verifiers(quick, figures), 4)
+    config = {
+        "quick": quick,
+        "torch_threads": threads,
+        "model": "LlamaForCausalLM 4 layers, hidden 128, vocab 256 (built from config)",
+        "engine_vs_hf_generate": "decode tokens/s at batch 32, 32 new tokens, greedy, both sides",
+        "streaming": "alpha 0.5 vs 1.0, 8 prompts x 4 samples per round, 32 slots",
+        "stall": "6 layers, hidden 384; lost decode time while updating, theirs / ours",
+    }
+    return {"config": config, "figures": figures, "ratios": ratios}
+
+
+def main() -> None:
+    parser = standard_parser(__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=1, help="torch threads for both sides (default 1)")
+    args = parser.parse_args()
+    sections = asyncio.run(main_async(args.quick, args.threads))
+    emit("rollout", simulated=[], json_path=args.json, **sections)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,272 @@
+"""The streaming rollout: rounds that close at completion ratio alpha, partials continued later.
+
+Each round draws prompts (``n`` samples each) and adds the partial samples that earlier rounds left
+unfinished. The round closes as soon as a fraction ``alpha`` of its samples finished; the rest are
+partials that decode on into the next round with their KV caches (no recomputation), under whatever
+version is served then, their tokens tagged with it (version spans). A partial whose oldest token is
+more than ``eta`` versions behind the served version is preempted and restarted from its prompt (its
+group stays complete). Partials taken out of the engine (``partials``) are continued from their
+tokens by a prefill, which at temperature 0 and unchanged weights gives the uninterrupted tokens.
+Finished samples are verified and pushed while the next round decodes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import math
+import time
+import zlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from services.common.errors import ResourceExhausted
+from services.rollout.engine import Event, Partial, SamplingParams, SequenceRequest
+from services.rollout.generation import Call, Generation
+from services.rollout.verifiers import Verifiers
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PromptItem:
+    """A prompt drawn for generation."""
+
+    prompt_id: str
+    group_id: str
+    token_ids: list[int]
+    verifier: str
+    """Verifier kind ("arithmetic", "math", "code"); empty for none."""
+    reference: str
+    sample_budgets: tuple[int, ...] = ()
+    """max_new_tokens of each sample index, overriding the sampling default; empty for none."""
+
+
+@dataclass
+class ScoredSample:
+    """A finished sample, verified."""
+
+    prompt: PromptItem
+    sample_index: int
+    completion_ids: list[int]
+    logprobs: list[float]
+    spans: list[list[int]]
+    text: str
+    finish_reason: str
+    reward: float | None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RolloutSettings:
+    """How the worker loop runs."""
+
+    sampling: SamplingParams
+    num_prompts_per_round: int
+    completion_ratio: float
+    """alpha in (0, 1]."""
+    max_staleness_versions: int
+    """eta: partials further behind are restarted."""
+    seed: int = 0
+
+
+@dataclass
+class RolloutCounters:
+    """What the worker loop has done."""
+
+    num_rounds: int = 0
+    num_samples_pushed: int = 0
+    num_partials_continued: int = 0
+    num_partials_restarted: int = 0
+    num_prompts_drawn: int = 0
+    round_s: list[float] = field(default_factory=list)
+
+
+NextPrompts = Callable[[int], Awaitable[tuple[list[PromptItem], int]]]
+"""(num_prompts) -> (prompts, group size); raises ResourceExhausted when the buffer is full."""
+PutSamples = Callable[[list[ScoredSample]], Awaitable[None]]
+
+
+def sample_seed(base_seed: int, group_id: str) -> int:
+    """The noise seed of a group's samples, the same each time a partial of it is continued."""
+    return (base_seed * 1_000_003 + zlib.crc32(group_id.encode())) & 0xFFFFFFFFFFFFFFFF
+
+
+@dataclass
+class _Pending:
+    prompt: PromptItem
+    sample_index: int
+    partial: Partial
+
+
+class RolloutWorker:
+    """NextPrompts -> generate -> verify -> PutSamples, round after round, until stopped."""
+
+    def __init__(
+        self,
+        generation: Generation,
+        verifiers: Verifiers,
+        settings: RolloutSettings,
+        next_prompts: NextPrompts,
+        put_samples: PutSamples,
+        *,
+        group_size: int = 0,
+    ) -> None:
+        self.generation = generation
+        self.verifiers = verifiers
+        self.settings = settings
+        self._next_prompts = next_prompts
+        self._put_samples = put_samples
+        self.group_size = group_size
+        self.partials: list[_Pending] = []
+        self.counters = RolloutCounters()
+        self._pushes: set[asyncio.Task[None]] = set()
+        self._call: Call | None = None
+        self._first_version: dict[int, int] = {}
+        self.last_error = ""
+
+    async def run(self, num_rounds: int | None = None) -> None:
+        """Run rounds (forever when ``num_rounds`` is None); pushes of the last round are awaited."""
+        try:
+            done = 0
+            while num_rounds is None or done < num_rounds:
+                try:
+                    await self.run_round()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # a peer hiccup must not end the loop: record, back off, go on
+                    self.last_error = f"{type(exc).__name__}: {exc}"
+                    logger.exception("rollout round failed; retrying")
+                    await asyncio.sleep(1.0)
+                done += 1
+        finally:
+            if self._pushes:
+                await asyncio.gather(*self._pushes, return_exceptions=True)
+
+    async def close(self) -> None:
+        """Drop what is still running."""
+        if self._call is not None:
+            await self._call.close()
+            self._call = None
+
+    @property
+    def num_carried(self) -> int:
+        """Unfinished samples of closed rounds, decoding on into the current one."""
+        return len(self._call.running) if self._call is not None else 0
+
+    async def run_round(self) -> None:
+        """One round: draw, add the carried samples, decode until alpha of them finished, push.
+
+        The unfinished rest keeps decoding (its KV cache kept, no recomputation) and belongs to the
+        next round, under whatever version is served by then; one whose oldest token is more than
+        eta versions behind is preempted and restarted from its prompt.
+        """
+        engine = self.generation.engine
+        while engine.version == 0:  # noqa: ASYNC110 - samples carry versions >= 1: wait for the hub's first
+            await asyncio.sleep(0.1)
+        if self._call is None:
+            self._call = self.generation.call()
+        call = self._call
+        started = time.perf_counter()
+        prompts = await self._draw()
+        served = engine.version
+        stale = [i for i in call.running if served - self._first_version[i] > self.settings.max_staleness_versions]
+        requests: list[SequenceRequest] = []
+        if stale:
+            for event in await call.preempt_running(stale):
+                self._first_version.pop(event.seq_id, None)
+                self.counters.num_partials_restarted += 1
+                requests.append(self._request(event.tag, event.sample_index, None))
+        for pending in self.partials:  # preempted earlier (e.g. by a pause of the loop): continue them
+            oldest = min((span[2] for span in pending.partial.spans), default=served)
+            restart = served - oldest > self.settings.max_staleness_versions
+            self.counters.num_partials_restarted += restart
+            requests.append(self._request(pending.prompt, pending.sample_index, None if restart else pending.partial))
+        self.partials = []
+        carried = len(call.running)
+        self.counters.num_partials_continued += carried
+        for prompt in prompts:
+            requests += [self._request(prompt, i, None) for i in range(self.group_size)]
+        if not requests and not carried:
+            return
+        for seq_id, request in zip(call.submit(requests), requests, strict=True):
+            prior = request.prior
+            self._first_version[seq_id] = min((span[2] for span in prior.spans), default=served) if prior else served
+        need = max(1, math.ceil(self.settings.completion_ratio * (len(requests) + carried)))
+        finished: list[Event] = []
+        while len(finished) < need and call.running:
+            event = await call.next_event()
+            if event.kind == "finished":
+                self._first_version.pop(event.seq_id, None)
+                finished.append(event)
+        self.counters.num_rounds += 1
+        self.counters.round_s.append(time.perf_counter() - started)
+        task = asyncio.create_task(self._verify_and_push(finished))
+        self._pushes.add(task)
+        task.add_done_callback(self._pushes.discard)
+
+    async def _draw(self) -> list[PromptItem]:
+        want = self.settings.num_prompts_per_round
+        if want == 0:
+            return []
+        try:
+            prompts, group_size = await self._next_prompts(want)
+        except ResourceExhausted:
+            # The experience buffer is full: keep continuing partials; wait for pushes before drawing again.
+            if self._pushes:
+                await asyncio.wait(self._pushes, timeout=1.0)
+            elif not self.partials:
+                await asyncio.sleep(0.2)
+            return []
+        self.group_size = group_size or self.group_size or 1
+        self.counters.num_prompts_drawn += len(prompts)
+        return prompts
+
+    def _request(self, prompt: PromptItem, index: int, prior: Partial | None) -> SequenceRequest:
+        params = self.settings.sampling
+        if index < len(prompt.sample_budgets):
+            params = dataclasses.replace(params, max_new_tokens=prompt.sample_budgets[index])
+        return SequenceRequest(
+            prompt_ids=prompt.token_ids,
+            params=params,
+            seed=sample_seed(self.settings.seed, prompt.group_id),
+            sample_index=index,
+            tag=prompt,
+            prior=prior,
+        )
+
+    async def _verify_and_push(self, finished: list[Event]) -> None:
+        if not finished:
+            return
+        try:
+            samples = await asyncio.gather(*(self._score(e) for e in finished))
+            await self._put_samples(list(samples))
+            self.counters.num_samples_pushed += len(samples)
+        except Exception as exc:
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            logger.exception("pushing %d samples failed", len(finished))
+
+    async def _score(self, event: Event) -> ScoredSample:
+        prompt: PromptItem = event.tag
+        reward = None
+        metadata: dict[str, str] = {}
+        if prompt.verifier:
+            verdict = await self.verifiers.verify(prompt.verifier, event.text, prompt.reference)
+            reward = verdict.score
+            metadata = {"verify_outcome": verdict.outcome.value, "verify_detail": verdict.detail[:200]}
+        return ScoredSample(
+            prompt=prompt,
+            sample_index=event.sample_index,
+            completion_ids=event.completion_ids,
+            logprobs=event.logprobs,
+            spans=event.spans,
+            text=event.text,
+            finish_reason=event.finish_reason,
+            reward=reward,
+            metadata=metadata,
+        )
+
+
+def _partial(event: Event) -> Partial:
+    return Partial(completion_ids=event.completion_ids, logprobs=event.logprobs, spans=event.spans)

@@ -1,0 +1,125 @@
+"""The decode path computes what the Hugging Face model computes, and the sampler samples what it says."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from services.common.errors import InvalidArgument
+from services.rollout.decoder import (
+    Decoder,
+    KVCache,
+    SamplerBatch,
+    check_tensors,
+    prepare_weights,
+    read_arch,
+    sample,
+)
+from services.rollout.model import build_model
+
+
+def test_prefill_and_decode_match_hf_logits(model: torch.nn.Module) -> None:
+    arch = read_arch(model)
+    w = prepare_weights(arch, model.state_dict())
+    dec = Decoder(arch, KVCache(arch, 4, 64))
+    prompts = [list(b"Compute 3 + 4."), list(b"Hi"), list(b"A longer prompt, here.")]
+    for slot, ids in enumerate(prompts):
+        dec.prefill(w, ids[:-1], slot)
+    positions = torch.tensor([len(p) - 1 for p in prompts])
+    logits = dec.step(w, torch.tensor([p[-1] for p in prompts]), positions, int(positions.max()) + 1)
+    with torch.no_grad():
+        for row, ids in enumerate(prompts):
+            ref = model(torch.tensor([ids])).logits[0, -1]
+            torch.testing.assert_close(logits[row], ref, atol=1e-4, rtol=1e-4)
+
+
+def test_grouped_query_attention_matches_hf() -> None:
+    config = {
+        "hidden_size": 64,
+        "intermediate_size": 96,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 64,
+        "tie_word_embeddings": False,
+    }
+    model = build_model(json.dumps(config), seed=1)
+    arch = read_arch(model)
+    w = prepare_weights(arch, model.state_dict())
+    dec = Decoder(arch, KVCache(arch, 1, 32))
+    ids = list(b"grouped heads")
+    dec.prefill(w, ids[:-1], 0)
+    logits = dec.step(w, torch.tensor([ids[-1]]), torch.tensor([len(ids) - 1]), len(ids))
+    with torch.no_grad():
+        torch.testing.assert_close(logits[0], model(torch.tensor([ids])).logits[0, -1], atol=1e-4, rtol=1e-4)
+
+
+def test_weights_that_do_not_fit_are_named(model: torch.nn.Module) -> None:
+    arch = read_arch(model)
+    tensors = dict(model.state_dict())
+    tensors["model.layers.1.mlp.up_proj.weight"] = torch.zeros(3, 3)
+    with pytest.raises(ValueError, match=r"model.layers.1.mlp.up_proj.weight has shape \(3, 3\)"):
+        check_tensors(arch, tensors)
+    tensors = dict(model.state_dict())
+    tensors["model.norm.weight"] = torch.full_like(tensors["model.norm.weight"], float("nan"))
+    with pytest.raises(ValueError, match=r"model\.norm\.weight is not a finite"):
+        check_tensors(arch, tensors)
+    del tensors["model.embed_tokens.weight"]
+    with pytest.raises(ValueError, match="missing"):
+        check_tensors(arch, tensors)
+
+
+def test_unsupported_architecture_is_refused() -> None:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    with pytest.raises(InvalidArgument, match="not supported"):
+        read_arch(GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=256)))
+
+
+def _batch(n: int, temperature: float, top_k: int = 0, top_p: float = 2.0, key: int = 7) -> SamplerBatch:
+    return SamplerBatch(
+        temperature=torch.full((n,), temperature),
+        top_k=torch.full((n,), top_k, dtype=torch.int64),
+        top_p=torch.full((n,), top_p),
+        keys=torch.full((n,), key, dtype=torch.int64),
+        counters=torch.arange(n, dtype=torch.int64),
+        any_top_k=top_k > 0,
+        any_top_p=top_p < 1,
+        all_greedy=temperature == 0,
+    )
+
+
+def test_sampler_follows_the_distribution_and_its_truncations() -> None:
+    logits = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05]))
+    n = 20000
+    rows = logits.expand(n, 4)
+    tokens, logprobs = sample(rows, _batch(n, 1.0))
+    freq = torch.bincount(tokens, minlength=4).float() / n
+    torch.testing.assert_close(freq, torch.tensor([0.5, 0.3, 0.15, 0.05]), atol=0.015, rtol=0)
+    torch.testing.assert_close(logprobs, logits[tokens], atol=1e-5, rtol=0)
+    top2, _ = sample(rows, _batch(n, 1.0, top_k=2))
+    assert set(top2.tolist()) == {0, 1}
+    nucleus, _ = sample(rows, _batch(n, 1.0, top_p=0.7))
+    assert set(nucleus.tolist()) == {0, 1}
+    greedy, greedy_lp = sample(rows[:3], _batch(3, 0.0))
+    assert greedy.tolist() == [0, 0, 0]
+    torch.testing.assert_close(greedy_lp, logits[[0, 0, 0]], atol=1e-5, rtol=0)
+    # A low temperature sharpens; the recorded log-prob is that of the tempered distribution.
+    cold, cold_lp = sample(rows, _batch(n, 0.25))
+    assert (cold == 0).float().mean() > 0.85
+    torch.testing.assert_close(cold_lp, torch.log_softmax(logits / 0.25, -1)[cold], atol=1e-5, rtol=0)
+
+
+def test_sampler_noise_depends_only_on_key_and_position() -> None:
+    logits = torch.randn(6, 256)
+    a, _ = sample(logits, _batch(6, 1.0, key=11))
+    b, _ = sample(logits, _batch(6, 1.0, key=11))
+    c, _ = sample(logits, _batch(6, 1.0, key=12))
+    assert a.tolist() == b.tolist() and a.tolist() != c.tolist()
+    # Row 3 alone, at its own position, samples what it sampled inside the batch.
+    alone = _batch(1, 1.0, key=11)
+    alone.counters = torch.tensor([3])
+    single, _ = sample(logits[3:4], alone)
+    assert single.item() == a[3].item()

@@ -1,0 +1,219 @@
+"""The engine: continuous batching, sampling parameters, seeds, per-token log-probs and versions,
+pause, preemption and continuation, weight swaps between steps."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+
+import pytest
+import torch
+
+from services.common.errors import InvalidArgument
+from services.rollout.decoder import Arch, Weights, prepare_weights
+from services.rollout.engine import Engine, Event, Limits, Partial, SamplingParams, SequenceRequest, check_sampling
+from services.rollout.model import CharTokenizer
+from tests.unit.rollout.conftest import LIMITS, Collected
+
+PROMPT = list(b"Compute 12 + 7.")
+# A random model rarely emits the EOS byte; these tests bound lengths with max_new_tokens.
+GREEDY = SamplingParams(temperature=0.0, max_new_tokens=24)
+WARM = SamplingParams(temperature=1.0, max_new_tokens=24)
+
+
+def run(engine: Engine, collected: Collected, requests: list[SequenceRequest]) -> list[list[int]]:
+    ids = engine.submit(requests)
+    return [e.completion_ids for e in collected.wait_finished(ids)]
+
+
+def test_greedy_equals_hf_generate(model: torch.nn.Module, engine: Engine, collected: Collected) -> None:
+    (ours,) = run(engine, collected, [SequenceRequest(prompt_ids=PROMPT, params=GREEDY, seed=0)])
+    with torch.no_grad():
+        out = model.generate(torch.tensor([PROMPT]), max_new_tokens=24, do_sample=False, eos_token_id=None)
+    assert ours == out[0, len(PROMPT) :].tolist()
+
+
+def test_logprobs_and_versions_are_recorded_per_token(
+    model: torch.nn.Module, engine: Engine, collected: Collected
+) -> None:
+    ids = engine.submit(
+        [SequenceRequest(prompt_ids=PROMPT, params=SamplingParams(temperature=0.7, max_new_tokens=10), seed=5)]
+    )
+    (event,) = collected.wait_finished(ids)
+    full = torch.tensor([PROMPT + event.completion_ids])
+    with torch.no_grad():
+        logits = model(full).logits[0, len(PROMPT) - 1 : -1]
+    expected = torch.log_softmax(logits / 0.7, -1).gather(1, torch.tensor(event.completion_ids)[:, None])[:, 0]
+    torch.testing.assert_close(torch.tensor(event.logprobs), expected, atol=1e-4, rtol=0)
+    assert event.spans == [[0, 10, 0]]
+    assert event.finish_reason == "length"
+
+
+def test_fixed_seed_reproduces_regardless_of_batch_company(engine: Engine, collected: Collected) -> None:
+    alone = run(
+        engine, collected, [SequenceRequest(prompt_ids=PROMPT, params=WARM, seed=42, sample_index=i) for i in range(3)]
+    )
+    crowd = [SequenceRequest(prompt_ids=list(b"other prompt %d" % i), params=WARM, seed=i) for i in range(6)]
+    mixed = run(
+        engine,
+        collected,
+        crowd[:3]
+        + [SequenceRequest(prompt_ids=PROMPT, params=WARM, seed=42, sample_index=i) for i in range(3)]
+        + crowd[3:],
+    )
+    assert mixed[3:6] == alone
+    # n samples of one prompt differ from each other; another seed gives other samples.
+    assert len({tuple(c) for c in alone}) == 3
+    other = run(engine, collected, [SequenceRequest(prompt_ids=PROMPT, params=WARM, seed=43, sample_index=0)])
+    assert other[0] != alone[0]
+
+
+def test_continuous_batching_admits_and_retires_between_steps(engine: Engine, collected: Collected) -> None:
+    # 12 sequences on 8 slots with different lengths: short ones leave, waiting ones join.
+    requests = [
+        SequenceRequest(
+            prompt_ids=PROMPT,
+            params=SamplingParams(temperature=0.0, max_new_tokens=4 + 6 * (i % 3)),
+            seed=0,
+            sample_index=i,
+        )
+        for i in range(12)
+    ]
+    outs = run(engine, collected, requests)
+    assert [len(c) for c in outs] == [4 + 6 * (i % 3) for i in range(12)]
+    # Greedy outputs of one prompt agree whatever the slot and the moment each joined.
+    assert all(c == outs[2][: len(c)] for c in outs)
+    stats = engine.stats()
+    assert stats.num_samples_finished == 12 and stats.num_running == 0
+    assert stats.num_tokens_generated == sum(len(c) for c in outs)
+
+
+def test_stop_strings_end_a_sample_and_are_kept(engine: Engine, collected: Collected) -> None:
+    params = SamplingParams(temperature=1.0, max_new_tokens=64)
+    (free,) = run(engine, collected, [SequenceRequest(prompt_ids=PROMPT, params=params, seed=9)])
+    at = next(i for i in range(5, 60) if 32 <= free[i] < 127 and 32 <= free[i + 1] < 127)
+    stop = bytes(free[at : at + 2]).decode()
+    first = bytes(free).find(stop.encode())
+    stopped = SamplingParams(temperature=1.0, max_new_tokens=64, stop=(stop,))
+    ids = engine.submit([SequenceRequest(prompt_ids=PROMPT, params=stopped, seed=9)])
+    (event,) = collected.wait_finished(ids)
+    assert event.finish_reason == "stop"
+    assert event.completion_ids == free[: first + 2]
+    assert event.text.endswith(stop)
+
+
+def test_eos_token_ends_a_sample(arch: Arch, weights: Weights, collected: Collected) -> None:
+    # Make the EOS byte the greedy choice by tokenizing with an EOS that the model prefers.
+    (first,) = _greedy_first_token(arch, weights, collected)
+    mine = Collected()
+    eng = Engine(arch, weights, CharTokenizer(eos_id=first), max_batch_size=2, limits=LIMITS, on_events=mine)
+    try:
+        ids = eng.submit([SequenceRequest(prompt_ids=PROMPT, params=GREEDY, seed=0)])
+        (event,) = mine.wait_finished(ids)
+        assert event.completion_ids == [first] and event.finish_reason == "stop"
+    finally:
+        eng.close()
+
+
+def _greedy_first_token(arch: Arch, weights: Weights, collected: Collected) -> list[int]:
+    eng = Engine(arch, weights, CharTokenizer(), max_batch_size=1, limits=LIMITS, on_events=collected)
+    try:
+        ids = eng.submit(
+            [SequenceRequest(prompt_ids=PROMPT, params=SamplingParams(temperature=0.0, max_new_tokens=1), seed=0)]
+        )
+        return collected.wait_finished(ids)[0].completion_ids
+    finally:
+        eng.close()
+
+
+def at_step(engine: Engine, step: int, action: Callable[[], object]) -> None:
+    """Run ``action`` on the engine thread right after decode step ``step`` (counted from now)."""
+    target = engine.num_steps + step
+
+    def observe(start: float, end: float, batch: int) -> None:
+        if engine.num_steps == target:
+            action()
+
+    engine.step_observer = observe
+
+
+@pytest.mark.parametrize("params", [GREEDY, WARM])
+def test_preempt_then_continue_gives_the_uninterrupted_tokens(
+    engine: Engine, collected: Collected, params: SamplingParams
+) -> None:
+    (whole,) = run(engine, collected, [SequenceRequest(prompt_ids=PROMPT, params=params, seed=77)])
+    taken: list[Future[list[Event]]] = []
+    engine.pause().result(timeout=10)
+    ids = engine.submit([SequenceRequest(prompt_ids=PROMPT, params=params, seed=77)])
+    at_step(engine, 7, lambda: taken.append(engine.preempt(ids)))
+    engine.resume().result(timeout=10)
+    (event,) = taken_result(taken)
+    partial = Partial(event.completion_ids, event.logprobs, event.spans)
+    assert len(partial.completion_ids) == 7
+    assert partial.completion_ids == whole[:7]
+    (continued,) = run(engine, collected, [SequenceRequest(prompt_ids=PROMPT, params=params, seed=77, prior=partial)])
+    assert continued == whole
+
+
+def taken_result(taken: list[Future[list[Event]]]) -> list[Event]:
+    assert_soon(lambda: bool(taken))
+    return taken[0].result(timeout=10)
+
+
+def assert_soon(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
+    """Poll ``condition`` with a deadline (the engine runs on its own thread)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.005)
+
+
+def test_pause_holds_every_sequence_and_resume_finishes_them_identically(engine: Engine, collected: Collected) -> None:
+    requests = lambda: [SequenceRequest(prompt_ids=PROMPT, params=GREEDY, seed=0, sample_index=i) for i in range(3)]  # noqa: E731
+    reference = run(engine, collected, requests())
+    assert engine.pause().result(timeout=10) == 0
+    ids = engine.submit(requests())
+    assert engine.pause().result(timeout=10) == 3
+    assert engine.stats().paused and not collected.finished().keys() & set(ids)
+    engine.resume().result(timeout=10)
+    assert [e.completion_ids for e in collected.wait_finished(ids)] == reference
+
+
+def test_swap_between_steps_tags_tokens_with_the_new_version(
+    model: torch.nn.Module, arch: Arch, engine: Engine, collected: Collected
+) -> None:
+    changed = {k: v + 0.05 * torch.randn_like(v) for k, v in model.state_dict().items()}
+    new = prepare_weights(arch, changed)
+    swaps: list[Future[float]] = []
+    engine.pause().result(timeout=10)
+    ids = engine.submit([SequenceRequest(prompt_ids=PROMPT, params=GREEDY, seed=0)])
+    at_step(engine, 5, lambda: swaps.append(engine.swap(new, 2)))
+    engine.resume().result(timeout=10)
+    (event,) = collected.wait_finished(ids)
+    assert event.spans == [[0, 5, 0], [5, 24, 2]]
+    assert swaps[0].result(timeout=10) >= 0
+    stats = engine.stats()
+    assert stats.served_version == 2 and stats.num_weight_swaps == 1
+
+
+def test_requests_out_of_range_are_refused(engine: Engine) -> None:
+    limits = Limits(max_context_tokens=256, max_new_tokens=128, max_samples_per_prompt=16)
+    for params, n, needle in [
+        (SamplingParams(temperature=-1), 1, "temperature"),
+        (SamplingParams(temperature=float("nan")), 1, "temperature"),
+        (SamplingParams(top_p=0.0), 1, "top_p"),
+        (SamplingParams(top_k=-2), 1, "top_k"),
+        (SamplingParams(max_new_tokens=0), 1, "max_new_tokens"),
+        (SamplingParams(max_new_tokens=129), 1, "max_new_tokens"),
+        (SamplingParams(), 17, "n=17"),
+        (SamplingParams(stop=("",)), 1, "stop"),
+    ]:
+        with pytest.raises(InvalidArgument, match=needle):
+            check_sampling(params, n, limits)
+    with pytest.raises(InvalidArgument, match="empty"):
+        engine.check_prompt([], 10)
+    with pytest.raises(InvalidArgument, match="exceeds the context"):
+        engine.check_prompt([65] * 250, 10)
+    with pytest.raises(InvalidArgument, match="token ids"):
+        engine.check_prompt([65, 300], 10)
