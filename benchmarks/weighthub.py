@@ -19,7 +19,12 @@ the trainer's egress, not a network's speed). Then: a holder killed at 50 % of a
 delta read after 5 % of the chunks changed. The ceilings (one loopback socket, memcpy) come from
 ``benchmarks/transport.py``'s methods, measured in the same run.
 
-The cluster-scale simulator (part (b)) is not part of this build: no ``sim_*`` ratios are reported.
+Part (b), simulated (``services/weighthub/sim.py``, a flow-level simulator driving the hub's own
+planner): the three TensorHub workloads at 1,024-1,536 GPUs (``sim_standalone_stall``,
+``sim_elastic_update``, ``sim_crossdc_stall``: baseline / hub), and this machine described to the
+simulator by the rates measured in this run (cores, socket, memcpy, hash, one small read, one hub
+RPC): its predictions of the ``hub`` and ``naive`` times of part (a) for every K, host and ``_net``,
+and their mean relative error ``sim_vs_measured_error``.
 """
 
 from __future__ import annotations
@@ -402,6 +407,91 @@ async def ceilings(size_bytes: int) -> dict[str, float]:
     return out
 
 
+async def primitives(hub: str, size_bytes: int) -> dict[str, float]:
+    """Rates and latencies of this machine the simulator is told: hash, one small read, one hub RPC."""
+    import xxhash
+    from seedstack.weighthub.v1 import weighthub_pb2 as pb
+
+    from clients.base import RPCError
+    from clients.weighthub import WeightHubClient
+    from services.common.transport import TensorHolder, TensorReader
+
+    data = torch.randn(size_bytes // 4).numpy().view("uint8")
+    chunk = 4 << 20
+    times = []
+    for _ in range(3):
+        started = time.perf_counter()
+        for offset in range(0, len(data), chunk):
+            xxhash.xxh3_128_hexdigest(data[offset : offset + chunk].data)
+        times.append(time.perf_counter() - started)
+    out = {"hash_gbps": len(data) / min(times) / 1e9}
+    async with TensorHolder(bind_host="127.0.0.1", host_id="latency-holder") as holder:
+        await holder.register("tiny", torch.zeros(16))
+        async with TensorReader(host_id="latency-reader") as reader:
+            dst = torch.empty(16)
+            latencies = []
+            for _ in range(21):
+                started = time.perf_counter()
+                await reader.read(holder.ref("tiny"), dst)
+                latencies.append(time.perf_counter() - started)
+    out["read_latency_s"] = statistics.median(latencies[1:])
+    client = WeightHubClient(hub)
+    try:
+        latencies = []
+        for _ in range(21):
+            started = time.perf_counter()
+            with contextlib.suppress(RPCError):
+                await client.get_manifest(pb.GetManifestRequest(model="bench-k1-host", version=0))
+            latencies.append(time.perf_counter() - started)
+    finally:
+        await client.close()
+    out["rpc_s"] = statistics.median(latencies[1:])
+    return out
+
+
+def simulator_check(figures: dict[str, Any], size_bytes: int) -> dict[str, Any]:
+    """The simulator's predictions of part (a) on this machine, and their errors."""
+    from services.weighthub import sim
+
+    ceilings, prim = figures["ceilings"], figures["primitives"]
+    machine = sim.MachineSpec(
+        cpu_cores=float(os.cpu_count() or 1),
+        socket_bytes_per_s=ceilings["socket_gbps"] * 1e9,
+        memcpy_bytes_per_s=ceilings["memcpy_gbps"] * 1e9,
+        hash_bytes_per_s=prim["hash_gbps"] * 1e9,
+        read_latency_s=prim["read_latency_s"],
+        rpc_s=prim["rpc_s"],
+    )
+    # The client as built: whole-version holders, a GetPlan retry loop backing off to 25 ms.
+    options = sim.HubOptions(
+        partial_holders=False, publisher_max_concurrent_reads=1, reader_max_concurrent_reads=4, poll_s=0.0125
+    )
+    points: dict[str, Any] = {}
+    errors = []
+    for k in K_VALUES:
+        for net in (False, True):
+            suffix = "_net" if net else ""
+            predicted = sim.predict_local(
+                machine,
+                k=k,
+                size_bytes=size_bytes,
+                num_tensors=NUM_TENSORS,
+                chunk_size_bytes=4 << 20,
+                net=net,
+                options=options,
+            )
+            for scheme in ("hub", "naive"):
+                measured = figures[f"{scheme}_k{k}{suffix}"]["seconds"]
+                error = abs(predicted[f"{scheme}_s"] - measured) / measured
+                errors.append(error)
+                points[f"{scheme}_k{k}{suffix}"] = {
+                    "predicted_s": predicted[f"{scheme}_s"],
+                    "measured_s": measured,
+                    "relative_error": error,
+                }
+    return {"points": points, "mean_relative_error": statistics.mean(errors), "max_relative_error": max(errors)}
+
+
 async def run(*, quick: bool) -> dict[str, Any]:
     size_bytes = (64 if quick else 256) << 20
     figures: dict[str, Any] = {"model_size_bytes": size_bytes, "num_tensors": NUM_TENSORS}
@@ -413,6 +503,7 @@ async def run(*, quick: bool) -> dict[str, Any]:
             figures["ceilings"] = await ceilings(size_bytes)
             progress = Progress("schemes", len(K_VALUES) * 5 + 1)
             async with running_hub(redis.url) as hub:
+                figures["primitives"] = await primitives(hub, size_bytes)
                 for k in K_VALUES:
                     for net in (False, True):
                         suffix = "_net" if net else ""
@@ -430,6 +521,12 @@ async def run(*, quick: bool) -> dict[str, Any]:
         finally:
             workers.close()
             redis.stop()
+    from services.weighthub import sim
+
+    figures["simulator_check"] = simulator_check(figures, size_bytes)
+    # --quick plans the simulated versions in fewer, larger chunks (a coarser pipeline, same cluster).
+    cluster = sim.cluster_workloads(sim.ClusterSpec(num_chunks=32) if quick else sim.ClusterSpec())
+    figures["simulated_cluster"] = cluster
     hub8, hub8_net = figures["hub_k8"], figures["hub_k8_net"]
     ratios = {
         "hub_vs_naive_k8": figures["naive_k8"]["seconds"] / hub8["seconds"],
@@ -444,6 +541,8 @@ async def run(*, quick: bool) -> dict[str, Any]:
         "hub_vs_broadcast_k8_net": figures["broadcast_k8"]["seconds"] / hub8_net["seconds"],
         "egress_per_version_k8_net": hub8_net["egress_per_version"],
         "throughput_vs_ceiling_net": 8 * size_bytes / hub8_net["seconds"] / 1e9 / figures["ceilings"]["socket_gbps"],
+        **cluster["ratios"],
+        "sim_vs_measured_error": figures["simulator_check"]["mean_relative_error"],
     }
     for k in K_VALUES:
         ratios[f"hub_vs_naive_k{k}"] = figures[f"naive_k{k}"]["seconds"] / figures[f"hub_k{k}"]["seconds"]
@@ -457,9 +556,16 @@ async def run(*, quick: bool) -> dict[str, Any]:
         "trainer_max_concurrent_reads": 1,
         "throughput_ceiling": "one loopback socket (benchmarks/transport.py raw_socket_method)",
         "delta_changed_fraction": 0.05,
-        "simulator": "not built (part (b) of issue #3 left out)",
+        "simulator": "services/weighthub/sim.py: flow-level, max-min fair, drives services/weighthub/planner.py",
+        "paper_ratios": cluster["paper"],
     }
-    return {"config": config, "figures": figures, "ratios": {k: round(v, 4) for k, v in ratios.items()}}
+    simulated = [*cluster["ratios"], "sim_vs_measured_error", "simulated_cluster", "simulator_check"]
+    return {
+        "config": config,
+        "figures": figures,
+        "ratios": {k: round(v, 4) for k, v in ratios.items()},
+        "simulated": simulated,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:

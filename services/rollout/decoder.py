@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -69,7 +70,8 @@ class Arch:
 
 def read_arch(model: torch.nn.Module) -> Arch:
     """The ``Arch`` of a Hugging Face causal LM; InvalidArgument for an architecture this path cannot run."""
-    config = model.config
+    # Hugging Face configs and submodules are dynamic attributes; typed as Any on purpose.
+    config: Any = model.config
     names = list(getattr(config, "architectures", None) or [type(model).__name__])
     if type(model).__name__ not in SUPPORTED_ARCHITECTURES:
         raise InvalidArgument(f"model architecture {names} is not supported; supported: {SUPPORTED_ARCHITECTURES}")
@@ -78,7 +80,8 @@ def read_arch(model: torch.nn.Module) -> Arch:
     num_heads = int(config.num_attention_heads)
     head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // num_heads)
     max_positions = int(config.max_position_embeddings)
-    rotary = model.model.rotary_emb
+    inner: Any = model.model
+    rotary: Any = inner.rotary_emb
     positions = torch.arange(max_positions, dtype=torch.float32)
     freqs = positions[:, None] * rotary.inv_freq.float()[None, :]
     emb = torch.cat((freqs, freqs), dim=-1)
@@ -145,7 +148,8 @@ def prepare_weights(arch: Arch, tensors: Mapping[str, torch.Tensor]) -> Weights:
     for i in range(arch.num_layers):
         p = f"model.layers.{i}."
         biases = [tensors.get(p + f"self_attn.{x}_proj.bias") for x in "qkv"]
-        bqkv = torch.cat([b.detach().float() for b in biases]) if all(b is not None for b in biases) else None
+        present = [b for b in biases if b is not None]
+        bqkv = torch.cat([b.detach().float() for b in present]) if len(present) == len(biases) else None
         layers.append(
             LayerWeights(
                 ln1=get(p + "input_layernorm.weight").clone(),

@@ -143,6 +143,7 @@ def build_model(config_json: str = "", checkpoint_path: str = "", *, seed: int =
     """A causal LM in eval mode: from a local checkpoint (directory or .gguf), or initialised from ``config_json``."""
     from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
+    model: torch.nn.Module
     if checkpoint_path:
         path = Path(checkpoint_path).expanduser()
         try:

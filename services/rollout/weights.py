@@ -11,6 +11,7 @@ decode steps. A version that fails any check is rejected, reported, and the old 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import time
@@ -211,13 +212,16 @@ class MemoryWeightSource:
         """Newest version; 0 when none."""
         return max(self._versions, default=0)
 
+    def _newer_than(self, floor: int) -> bool:
+        return max(self._versions, default=0) > floor
+
     async def watch(self) -> AsyncIterator[int]:
         """Each new newest version as it is published."""
         seen = max(self._versions, default=0)
         while True:
             floor = seen
             async with self._changed:
-                await self._changed.wait_for(lambda floor=floor: max(self._versions, default=0) > floor)
+                await self._changed.wait_for(functools.partial(self._newer_than, floor))
             seen = max(self._versions)
             yield seen
 

@@ -102,6 +102,9 @@ class Plan:
     size_bytes: int = 0
     cross_datacenter: bool = field(default=False)
     """True when some chunk crosses a wide-area link (the reader is its datacenter's puller)."""
+    deferred: tuple[int, ...] = ()
+    """Chunks left out because every suitable holder was busy (only with ``defer_busy``): ask again
+    for them once a source frees up or another reader reports them."""
 
 
 def plan_reads(
@@ -109,13 +112,25 @@ def plan_reads(
     reader_id: str,
     reader: Topology,
     chunks: Sequence[int],
-    chunk_sizes: Mapping[int, int] | Sequence[int],
+    chunk_sizes: Mapping[int, float] | Sequence[float],
     sources: Iterable[Source],
     excluded: Iterable[str] = (),
     datacenter_puller_busy: bool = False,
     spare_publishers: bool = True,
+    defer_busy: bool = False,
+    max_chunks: int = 0,
 ) -> Plan:
     """Plan the reads of ``chunks`` for ``reader_id`` at ``reader``.
+
+    With ``defer_busy``, chunks whose suitable holders are all at their bound (or that wait for the
+    datacenter's puller) are returned in ``Plan.deferred`` instead of failing the whole plan, so a
+    reader can start on what is available now (chunk-level pipelining); ResourceExhausted is then
+    raised only when nothing at all can be planned.
+
+    ``max_chunks`` (> 0, with ``defer_busy``) plans at most that many chunks, rarest first (fewest
+    holders), ties broken by a per-reader rotation: readers then start on different chunks and
+    trade them among themselves, so the fan-out is pipelined chunk by chunk instead of one reader
+    taking every source for the whole version. Chunks left out are in ``Plan.deferred``.
 
     Raises:
         FailedPrecondition: some chunk has no live, non-excluded holder at all.
@@ -132,7 +147,18 @@ def plan_reads(
     unsourced: list[int] = []
     busy: list[int] = []
     waiting_for_puller: list[int] = []
-    for chunk in chunks:
+    order = list(chunks)
+    window = max_chunks if defer_busy and max_chunks > 0 else 0
+    if window and len(order) > window:
+        rotation = zlib.crc32(reader_id.encode())
+        rarity = {c: sum(1 for s in candidates if s.has(c)) for c in order}
+        order.sort(key=lambda c: (rarity[c], (c + rotation) % max(1, len(order) + 1), c))
+    planned = 0
+    beyond_window: list[int] = []
+    for chunk in order:
+        if window and planned >= window:
+            beyond_window.append(chunk)
+            continue
         holders = [s for s in candidates if s.has(chunk)]
         if not holders:
             unsourced.append(chunk)
@@ -156,12 +182,14 @@ def plan_reads(
             chosen[best.holder_id] = []
             free[best.holder_id] -= 1
         chosen[best.holder_id].append(chunk)
+        planned += 1
     if unsourced:
         raise FailedPrecondition(
             f"no live holder has chunks {unsourced[:8]}{'...' if len(unsourced) > 8 else ''} "
             f"({len(unsourced)} of {len(chunks)}) for reader {reader_id}"
         )
-    if busy or waiting_for_puller:
+    deferred = tuple(sorted(busy + waiting_for_puller + beyond_window)) if defer_busy else ()
+    if (busy or waiting_for_puller) and (not defer_busy or not chosen):
         parts = []
         if busy:
             parts.append(f"every holder of {len(busy)} chunks is at its concurrent-read bound")
@@ -188,4 +216,5 @@ def plan_reads(
         reads=reads,
         size_bytes=sum(r.size_bytes for r in reads),
         cross_datacenter=any(r.locality == Locality.CROSS_DATACENTER for r in reads),
+        deferred=deferred,
     )

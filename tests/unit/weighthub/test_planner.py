@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from services.common.errors import FailedPrecondition, ResourceExhausted
@@ -29,7 +31,7 @@ def source(
     )
 
 
-def plan(reader: Topology, sources: list[Source], *, chunks: int = 8, **kwargs: object):  # type: ignore[no-untyped-def]
+def plan(reader: Topology, sources: list[Source], *, chunks: int = 8, **kwargs: Any):  # type: ignore[no-untyped-def]
     return plan_reads(
         reader_id="me", reader=reader, chunks=list(range(chunks)), chunk_sizes=[10] * chunks, sources=sources, **kwargs
     )
@@ -167,3 +169,28 @@ def test_readers_spread_over_equal_holders() -> None:
         for i in range(16)
     }
     assert len(chosen) >= 3
+
+
+def test_a_windowed_plan_takes_the_rarest_chunks_and_defers_the_rest() -> None:
+    reader = Topology("h1", "r1", "dc0")
+    peer = source("peer", Topology("h2", "r1", "dc0"), chunks=range(0, 4))
+    result = plan(
+        reader,
+        [source("trainer", TRAINER, publisher=True), peer],
+        defer_busy=True,
+        max_chunks=2,
+    )
+    planned = [i for r in result.reads for i in r.chunk_indices]
+    assert len(planned) == 2 and all(i >= 4 for i in planned)  # chunks only the trainer has
+    assert sorted(planned + list(result.deferred)) == list(range(8))
+
+
+def test_defer_busy_plans_what_is_free_and_defers_busy_chunks() -> None:
+    reader = Topology("h1", "r1", "dc0")
+    busy_peer = source("busy", Topology("h2", "r1", "dc0"), chunks=range(0, 4), active=2, bound=2)
+    free_peer = source("free", Topology("h3", "r1", "dc0"), chunks=range(4, 8))
+    result = plan(reader, [busy_peer, free_peer], defer_busy=True)
+    assert [r.holder_id for r in result.reads] == ["free"]
+    assert result.deferred == (0, 1, 2, 3)
+    with pytest.raises(ResourceExhausted):
+        plan(reader, [busy_peer, free_peer])

@@ -1,0 +1,820 @@
+"""A flow-level network simulator of weight distribution that drives the hub's own planner.
+
+Plain code without I/O, for what cannot run here: thousands of GPUs, RDMA links, datacenters joined
+by wide-area links (issue #3, "Measured" part (b)). Everything it reports is *simulated*.
+
+The model:
+
+- **Flows and resources.** A transfer is a flow of bytes over resources (a node's NIC out, the
+  other node's NIC in, a rack's uplink and downlink, a wide-area link, or a host's CPU cores on one
+  machine). Each flow uses each of its resources with a coefficient (1 for a link; seconds of CPU per
+  byte for cores) and may have a rate cap of its own (one stream's speed). Rates are max-min fair
+  (progressive filling): every flow's rate grows until one of its resources is full or it reaches its
+  cap. The simulator is event-driven: rates are recomputed only when a flow starts or ends.
+- **The hub.** Readers ask :func:`services.weighthub.planner.plan_reads` -- the code the hub runs --
+  for the chunks they miss, with the holders the hub would list: publishers (the trainer's shards)
+  and the readers that hold chunks. With ``partial_holders`` a reader serves every chunk it has
+  verified while it still fetches the rest (chunk-level pipelining) and plans are partial (busy
+  chunks are deferred, not refused); without it a reader becomes a source only once it holds the
+  whole version. A reader whose chunks are all busy waits until a holder frees a read slot or
+  reports new chunks (the hub holds its request open) -- it never polls. Each holder takes at most
+  ``max_concurrent_reads`` readers at once; a reader reads up to ``reads_per_source`` chunks from one
+  source at a time, chunk by chunk, so chunks arrive (and are served on) in order.
+- **Baselines.** ``naive``: every reader pulls the whole model from one trainer node at once.
+  ``ring broadcast``: NCCL-style pipelined ring broadcast from the trainer's rank 0 over a static
+  group, in closed form (its time is ``(S + (n - 1) c) / B`` for ``S`` bytes per rank, ``n`` ranks,
+  pipeline chunks ``c`` and the slowest link ``B``, plus per-hop latency).
+
+Cluster parameters and where their values come from are documented on :class:`ClusterSpec` and in
+:func:`cluster_workloads`; the description of this machine used to check the simulator against the
+measured benchmark is :class:`MachineSpec`.
+"""
+
+from __future__ import annotations
+
+import functools
+import heapq
+import itertools
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from services.common.errors import ResourceExhausted
+from services.weighthub.planner import Source, Topology, plan_reads
+
+GB = 1e9
+Gbps = 1e9 / 8  # bytes per second of one gigabit per second
+
+
+# -- the flow-level network ------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class Flow:
+    """Bytes moving over some resources."""
+
+    size_bytes: float
+    uses: dict[str, float]
+    """Resource name -> units of capacity used per byte/s of this flow."""
+    cap_bytes_per_s: float
+    on_done: Callable[[], object]
+    remaining_bytes: float = 0.0
+    rate_bytes_per_s: float = 0.0
+    started_at_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.remaining_bytes = self.size_bytes
+
+
+class FlowSim:
+    """An event-driven simulation of flows sharing resources max-min fairly, with timers."""
+
+    def __init__(self, capacities: Mapping[str, float]) -> None:
+        self.capacities = dict(capacities)
+        self.now_s = 0.0
+        self.flows: set[Flow] = set()
+        self._timers: list[tuple[float, int, Callable[[], object]]] = []
+        self._seq = itertools.count()
+        self._dirty = False
+        self.num_events = 0
+
+    def at(self, delay_s: float, callback: Callable[[], object]) -> None:
+        """Run ``callback`` ``delay_s`` from now."""
+        heapq.heappush(self._timers, (self.now_s + max(0.0, delay_s), next(self._seq), callback))
+
+    def start(
+        self,
+        size_bytes: float,
+        uses: Mapping[str, float],
+        on_done: Callable[[], object],
+        *,
+        cap_bytes_per_s: float = math.inf,
+    ) -> Flow:
+        """Start a flow of ``size_bytes`` over ``uses``; ``on_done`` runs when its last byte arrives."""
+        unknown = [r for r in uses if r not in self.capacities]
+        if unknown:
+            raise ValueError(f"flow uses unknown resources {unknown}")
+        flow = Flow(size_bytes=size_bytes, uses=dict(uses), cap_bytes_per_s=cap_bytes_per_s, on_done=on_done)
+        flow.started_at_s = self.now_s
+        if size_bytes <= 0:
+            self.at(0.0, on_done)
+            return flow
+        self.flows.add(flow)
+        self._dirty = True
+        return flow
+
+    def _allocate(self) -> None:
+        """Max-min fair rates by progressive filling."""
+        active = set(self.flows)
+        for flow in active:
+            flow.rate_bytes_per_s = 0.0
+        used = dict.fromkeys(self.capacities, 0.0)
+        while active:
+            step = math.inf
+            weight: dict[str, float] = {}
+            for flow in active:
+                step = min(step, flow.cap_bytes_per_s - flow.rate_bytes_per_s)
+                for name, coeff in flow.uses.items():
+                    weight[name] = weight.get(name, 0.0) + coeff
+            for name, w in weight.items():
+                if w > 0:
+                    step = min(step, (self.capacities[name] - used[name]) / w)
+            step = max(step, 0.0)
+            if math.isinf(step):
+                raise ValueError("a flow uses no bounded resource and has no cap")
+            for flow in active:
+                flow.rate_bytes_per_s += step
+            for name, w in weight.items():
+                used[name] += step * w
+            full = {n for n, w in weight.items() if w > 0 and used[n] >= self.capacities[n] * (1 - 1e-9)}
+            frozen = {
+                f
+                for f in active
+                if f.rate_bytes_per_s >= f.cap_bytes_per_s * (1 - 1e-9) or any(n in full for n in f.uses)
+            }
+            if not frozen:  # numerical safety: nothing saturated yet nothing can grow
+                break
+            active -= frozen
+        self._dirty = False
+
+    def run(self, until_s: float = math.inf) -> float:
+        """Run until nothing is left to do (or ``until_s``); returns the time reached."""
+        while self.flows or self._timers:
+            if self._dirty:
+                self._allocate()
+            next_flow_s = math.inf
+            for flow in self.flows:
+                if flow.rate_bytes_per_s > 0:
+                    next_flow_s = min(next_flow_s, self.now_s + flow.remaining_bytes / flow.rate_bytes_per_s)
+            next_timer_s = self._timers[0][0] if self._timers else math.inf
+            target = min(next_flow_s, next_timer_s)
+            if math.isinf(target):
+                raise RuntimeError("simulation stalled: flows without rate and no timer")
+            if target > until_s:
+                self._advance(until_s)
+                return self.now_s
+            self._advance(target)
+            done = [f for f in self.flows if f.remaining_bytes <= 1e-6 * max(1.0, f.size_bytes)]
+            for flow in done:
+                self.flows.discard(flow)
+                self._dirty = True
+            for flow in done:
+                self.num_events += 1
+                flow.on_done()
+            while self._timers and self._timers[0][0] <= self.now_s:
+                _, _, callback = heapq.heappop(self._timers)
+                self.num_events += 1
+                callback()
+        return self.now_s
+
+    def _advance(self, to_s: float) -> None:
+        elapsed = to_s - self.now_s
+        if elapsed > 0:
+            for flow in self.flows:
+                flow.remaining_bytes -= flow.rate_bytes_per_s * elapsed
+        self.now_s = to_s
+
+
+# -- topology ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class Node:
+    """A machine (or, on one host, a process) that holds or reads weights."""
+
+    node_id: str
+    topology: Topology
+    nic_bytes_per_s: float
+    """Usable NIC bandwidth each way (all of the node's NICs together)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Network:
+    """Nodes and the links above them."""
+
+    nodes: tuple[Node, ...]
+    rack_uplink_bytes_per_s: float = math.inf
+    """Each rack's uplink (and downlink) to the spine; inf for a non-blocking fabric."""
+    wan_bytes_per_s: float = math.inf
+    """Each direction of the wide-area link between two datacenters."""
+    flow_cap_bytes_per_s: float = math.inf
+    """Fastest one read stream goes (one socket or one RDMA queue pair set)."""
+    cpu_cores: float = 0.0
+    """On one host: cores shared by every copy and hash (0: not modelled, a cluster)."""
+    cpu_s_per_byte: Mapping[str, float] = field(default_factory=dict)
+    """On one host: CPU seconds per byte moved, per carrier ("shm", "tcp"), reader and holder together."""
+    cpu_cap_bytes_per_s: Mapping[str, float] = field(default_factory=dict)
+    """On one host: the rate of one read stream per carrier (one thread copies and hashes)."""
+
+    def capacities(self) -> dict[str, float]:
+        """Every resource and its capacity."""
+        out: dict[str, float] = {}
+        for node in self.nodes:
+            out[f"out:{node.node_id}"] = node.nic_bytes_per_s
+            out[f"in:{node.node_id}"] = node.nic_bytes_per_s
+        racks = {n.topology.rack for n in self.nodes if n.topology.rack}
+        for rack in racks:
+            out[f"up:{rack}"] = self.rack_uplink_bytes_per_s
+            out[f"down:{rack}"] = self.rack_uplink_bytes_per_s
+        dcs = sorted({n.topology.datacenter for n in self.nodes})
+        for a, b in itertools.permutations(dcs, 2):
+            out[f"wan:{a}>{b}"] = self.wan_bytes_per_s
+        if self.cpu_cores:
+            out["cpu"] = self.cpu_cores
+        return out
+
+    def path(self, src: Node, dst: Node) -> tuple[dict[str, float], float]:
+        """Resources a read of ``dst`` from ``src`` uses, and its per-stream cap."""
+        same_host = bool(src.topology.host) and src.topology.host == dst.topology.host
+        cap = self.flow_cap_bytes_per_s
+        if self.cpu_cores:
+            carrier = "shm" if same_host else "tcp"
+            uses = {"cpu": self.cpu_s_per_byte[carrier]}
+            cap = min(cap, self.cpu_cap_bytes_per_s[carrier])
+            if not same_host:
+                uses |= {f"out:{src.node_id}": 1.0, f"in:{dst.node_id}": 1.0}
+            return uses, cap
+        uses = {f"out:{src.node_id}": 1.0, f"in:{dst.node_id}": 1.0}
+        s, d = src.topology, dst.topology
+        if s.datacenter != d.datacenter:
+            uses[f"wan:{s.datacenter}>{d.datacenter}"] = 1.0
+        if s.rack != d.rack:
+            if math.isfinite(self.rack_uplink_bytes_per_s):
+                uses[f"up:{s.rack}"] = 1.0
+                uses[f"down:{d.rack}"] = 1.0
+        return uses, cap
+
+
+# -- the hub, simulated --------------------------------------------------------------------------------
+
+
+@dataclass(kw_only=True)
+class _SimHolder:
+    node: Node
+    chunks: set[int]
+    publisher: bool
+    max_concurrent_reads: int
+    active_reads: int = 0
+    frozen: frozenset[int] | None = None
+    """``chunks`` as last handed to the planner (rebuilt when chunks change)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class HubOptions:
+    """How the simulated hub and its readers behave (mirrors the service and ``clients/weighthub.py``)."""
+
+    partial_holders: bool = True
+    """Readers serve chunks they verified while still fetching (chunk-level pipelining)."""
+    publisher_max_concurrent_reads: int = 1
+    """Read slots of each trainer (publisher) holder."""
+    reader_max_concurrent_reads: int = 4
+    """Read slots of each reader once it holds chunks."""
+    reads_per_source: int = 2
+    """Chunks a reader reads from one source at a time."""
+    max_chunks_per_plan: int = 4
+    """With partial holders: chunks one plan names at most (rarest first; see ``plan_reads``)."""
+    poll_s: float = 0.0
+    """0: a refused reader waits until a source frees up (the hub holds its request open); > 0: it
+    asks again after this long, as a client polling GetPlan with sleeps does."""
+    control_s: float = 0.0
+    """Latency of one plan (GetPlan round trip) and of noticing a new version."""
+    chunk_latency_s: float = 0.0
+    """Fixed cost of one chunk read (request round trip) on top of its bytes."""
+    publish_s: float = 0.0
+    """Time from the start of publishing to the version being committed (copy into buffers, hash)."""
+
+
+@dataclass
+class HubRun:
+    """What one simulated distribution did."""
+
+    done_at_s: dict[str, float]
+    """Reader -> seconds from the start until it held every chunk."""
+    bytes_from: dict[str, float]
+    """Holder -> bytes it served."""
+    num_plans: int = 0
+
+
+def simulate_hub(
+    network: Network,
+    *,
+    publishers: Mapping[str, Sequence[int]],
+    readers: Sequence[str],
+    chunk_sizes: Sequence[float],
+    options: HubOptions,
+    existing_holders: Sequence[str] = (),
+    reader_start_s: Mapping[str, float] | None = None,
+) -> HubRun:
+    """Distribute one version from ``publishers`` (node -> the chunks it publishes) to ``readers``.
+
+    ``existing_holders`` already hold the whole version (e.g. rollouts before a scale-out).
+    """
+    by_id = {n.node_id: n for n in network.nodes}
+    sim = FlowSim(network.capacities())
+    num_chunks = len(chunk_sizes)
+    holders: dict[str, _SimHolder] = {}
+    for node_id, chunks in publishers.items():
+        holders[node_id] = _SimHolder(
+            node=by_id[node_id],
+            chunks=set(chunks),
+            publisher=True,
+            max_concurrent_reads=options.publisher_max_concurrent_reads,
+        )
+    for node_id in existing_holders:
+        holders[node_id] = _SimHolder(
+            node=by_id[node_id],
+            chunks=set(range(num_chunks)),
+            publisher=False,
+            max_concurrent_reads=options.reader_max_concurrent_reads,
+        )
+    run = HubRun(done_at_s={}, bytes_from={})
+    missing: dict[str, set[int]] = {r: set(range(num_chunks)) for r in readers}
+    in_flight: dict[str, set[int]] = {r: set() for r in readers}
+    have: dict[str, set[int]] = {r: set() for r in readers}
+    waiting: list[str] = []
+    wake_scheduled = [False]
+
+    def sources(reader_id: str) -> list[Source]:
+        out = []
+        for holder_id, h in holders.items():
+            if holder_id == reader_id:
+                continue
+            if not (h.publisher or len(h.chunks) == num_chunks or (options.partial_holders and h.chunks)):
+                continue
+            if h.frozen is None or len(h.frozen) != len(h.chunks):
+                h.frozen = frozenset(h.chunks)
+            chunks: frozenset[int] | None = None if len(h.chunks) == num_chunks else h.frozen
+            out.append(
+                Source(
+                    holder_id=holder_id,
+                    topology=h.node.topology,
+                    chunks=chunks,
+                    active_reads=h.active_reads,
+                    max_concurrent_reads=h.max_concurrent_reads,
+                    publisher=h.publisher,
+                )
+            )
+        return out
+
+    def wake_waiters() -> None:
+        if wake_scheduled[0] or not waiting:
+            return
+        wake_scheduled[0] = True
+
+        def wake() -> None:
+            # Like the hub answering held-open plan requests: oldest first, until two in a row
+            # still find every source busy (a freed slot or a new chunk serves a few, not all).
+            # A reader with reads in flight asks again when one ends.
+            wake_scheduled[0] = False
+            failures = 0
+            for reader_id in list(waiting):
+                if failures >= 4:
+                    break
+                waiting.remove(reader_id)
+                if not plan(reader_id):
+                    failures += 1
+                else:
+                    failures = 0
+
+        sim.at(0.0, wake)
+
+    def plan(reader_id: str) -> bool:
+        wanted = sorted(missing[reader_id] - in_flight[reader_id])
+        if not wanted:
+            return True
+        run.num_plans += 1
+        try:
+            result = plan_reads(
+                reader_id=reader_id,
+                reader=by_id[reader_id].topology,
+                chunks=wanted,
+                chunk_sizes=chunk_sizes,
+                sources=sources(reader_id),
+                defer_busy=options.partial_holders,
+                max_chunks=options.max_chunks_per_plan if options.partial_holders else 0,
+            )
+        except ResourceExhausted:
+            if in_flight[reader_id]:
+                return False
+            if options.poll_s > 0:
+                sim.at(options.poll_s + options.control_s, lambda: plan(reader_id))
+            elif reader_id not in waiting:
+                waiting.append(reader_id)
+            return False
+        for read in result.reads:
+            holder = holders[read.holder_id]
+            holder.active_reads += 1
+            in_flight[reader_id].update(read.chunk_indices)
+            _read_source(reader_id, read.holder_id, list(read.chunk_indices))
+        return True
+
+    def _read_source(reader_id: str, holder_id: str, chunks: list[int]) -> None:
+        queue = list(chunks)
+        running = [0]
+        src, dst = by_id[holder_id], by_id[reader_id]
+        uses, cap = network.path(src, dst)
+
+        def next_chunk() -> None:
+            if not queue:
+                if running[0] == 0:
+                    holders[holder_id].active_reads -= 1
+                    # The freed slot goes to readers already waiting first; this one queues behind them.
+                    if missing[reader_id] - in_flight[reader_id] and reader_id not in waiting:
+                        waiting.append(reader_id)
+                    wake_waiters()
+                return
+            chunk = queue.pop(0)
+            running[0] += 1
+
+            def arrived() -> None:
+                running[0] -= 1
+                run.bytes_from[holder_id] = run.bytes_from.get(holder_id, 0.0) + chunk_sizes[chunk]
+                got_chunk(reader_id, chunk)
+                next_chunk()
+
+            sim.at(options.chunk_latency_s, lambda: sim.start(chunk_sizes[chunk], uses, arrived, cap_bytes_per_s=cap))
+
+        for _ in range(max(1, min(options.reads_per_source, len(queue)))):
+            next_chunk()
+
+    def got_chunk(reader_id: str, chunk: int) -> None:
+        missing[reader_id].discard(chunk)
+        in_flight[reader_id].discard(chunk)
+        have[reader_id].add(chunk)
+        holder = holders.get(reader_id)
+        if holder is None:
+            holder = holders[reader_id] = _SimHolder(
+                node=by_id[reader_id],
+                chunks=set(),
+                publisher=False,
+                max_concurrent_reads=options.reader_max_concurrent_reads,
+            )
+        holder.chunks.add(chunk)
+        if not missing[reader_id]:
+            run.done_at_s[reader_id] = sim.now_s
+            sim.at(options.control_s, wake_waiters)  # ReportHeld
+        elif options.partial_holders and holder.active_reads < holder.max_concurrent_reads:
+            wake_waiters()
+
+    starts = reader_start_s or {}
+    for reader_id in readers:
+        sim.at(options.publish_s + options.control_s + starts.get(reader_id, 0.0), functools.partial(plan, reader_id))
+    sim.run()
+    unfinished = [r for r in readers if r not in run.done_at_s]
+    if unfinished:
+        raise RuntimeError(f"simulation ended with readers unfinished: {unfinished[:5]}")
+    return run
+
+
+def simulate_naive(
+    network: Network,
+    *,
+    trainer: str,
+    readers: Sequence[str],
+    size_bytes: float,
+    num_requests: int = 1,
+    request_latency_s: float = 0.0,
+    parallel_requests: int = 1,
+    start_s: float = 0.0,
+) -> dict[str, float]:
+    """Every reader pulls the whole model from ``trainer`` at once; reader -> seconds until done.
+
+    Each reader makes ``num_requests`` equal reads, ``parallel_requests`` at a time."""
+    by_id = {n.node_id: n for n in network.nodes}
+    sim = FlowSim(network.capacities())
+    done_at: dict[str, float] = {}
+    per_request = size_bytes / num_requests
+
+    def reader(reader_id: str) -> None:
+        uses, cap = network.path(by_id[trainer], by_id[reader_id])
+        left = [num_requests]
+        running = [0]
+
+        def next_request() -> None:
+            if left[0] == 0:
+                if running[0] == 0 and reader_id not in done_at:
+                    done_at[reader_id] = sim.now_s
+                return
+            left[0] -= 1
+            running[0] += 1
+            sim.at(request_latency_s, lambda: sim.start(per_request, uses, arrived, cap_bytes_per_s=cap))
+
+        def arrived() -> None:
+            running[0] -= 1
+            next_request()
+
+        def begin() -> None:
+            for _ in range(min(parallel_requests, num_requests)):
+                next_request()
+
+        sim.at(start_s, begin)
+
+    for reader_id in readers:
+        reader(reader_id)
+    sim.run()
+    return done_at
+
+
+def ring_broadcast_s(
+    *, size_bytes: float, num_ranks: int, link_bytes_per_s: float, chunk_bytes: float, hop_latency_s: float
+) -> float:
+    """Seconds of a pipelined ring broadcast (NCCL's ring algorithm) of ``size_bytes`` to ``num_ranks``."""
+    hops = max(0, num_ranks - 1)
+    return (size_bytes + hops * chunk_bytes) / link_bytes_per_s + hops * hop_latency_s
+
+
+# -- cluster workloads -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClusterSpec:
+    """A GPU cluster for the TensorHub workloads; every value with its source."""
+
+    gpus_per_node: int = 8
+    """8 GPUs per node: the Hopper (H100/H800) HGX nodes of the TensorHub paper's setups."""
+    nic_gbps_per_gpu: float = 400.0
+    """One 400 Gb/s RDMA NIC per GPU (ConnectX-7, rail-optimised), as in those setups."""
+    rdma_efficiency: float = 0.88
+    """Fraction of the line rate a transfer gets: TensorHub reports ~88 % of the RDMA peak."""
+    nodes_per_rack: int = 16
+    """Nodes under one leaf switch (an assumption: 16 x 8 x 400 G = 51.2 Tb/s, one 51.2 T leaf)."""
+    rack_oversubscription: float = 1.0
+    """Leaf uplink : downlink; 1.0 is the non-blocking fat-tree GPU fabrics are built as."""
+    wan_gbps: float = 800.0
+    """Datacenter interconnect for RL traffic: 8 x 100 Gb/s TCP (an assumption; TensorHub notes that
+    cross-datacenter transfer is bound by TCP bandwidth)."""
+    model_params: float = 200e9
+    """200 B parameters: the size of Seed1.5-Thinking's MoE (DESIGN.md's trainer model)."""
+    bytes_per_param: int = 2
+    """bf16 weights."""
+    num_chunks: int = 64
+    """Chunks a version is planned in (6.25 GB each for 400 GB; the pipeline's granularity)."""
+    trainer_nodes: int = 64
+    """Trainer: 512 GPUs; its version is published as one shard per node."""
+    rollout_nodes: int = 64
+    """Rollouts: 512 GPUs, one TP=8 instance per node; 1,024 GPUs with the trainer."""
+    nccl_chunk_bytes: float = 4 * 2**20
+    """NCCL's pipeline chunk for the ring broadcast (NCCL_BUFFSIZE default 4 MiB)."""
+    hop_latency_s: float = 10e-6
+    """Per-hop latency of the ring (RDMA, a few microseconds, rounded up)."""
+    control_s: float = 0.005
+    """A hub round trip (gRPC + Redis) at cluster scale: 5 ms (an assumption, ~10x this host's)."""
+
+    @property
+    def size_bytes(self) -> float:
+        """Bytes of one version."""
+        return self.model_params * self.bytes_per_param
+
+    @property
+    def gpu_bytes_per_s(self) -> float:
+        """Usable bandwidth of one GPU's NIC."""
+        return self.nic_gbps_per_gpu * Gbps * self.rdma_efficiency
+
+    @property
+    def node_bytes_per_s(self) -> float:
+        """Usable bandwidth of a node's NICs together (TP shards move over all rails at once)."""
+        return self.gpu_bytes_per_s * self.gpus_per_node
+
+
+def _cluster_network(spec: ClusterSpec, groups: Sequence[tuple[str, int, str]]) -> Network:
+    """Nodes of ``groups`` (prefix, count, datacenter), racked ``nodes_per_rack`` at a time."""
+    nodes = []
+    for prefix, count, dc in groups:
+        for i in range(count):
+            rack = f"{dc}-{prefix}-rack{i // spec.nodes_per_rack}"
+            nodes.append(
+                Node(
+                    node_id=f"{prefix}{i}",
+                    topology=Topology(host=f"{prefix}{i}", rack=rack, datacenter=dc),
+                    nic_bytes_per_s=spec.node_bytes_per_s,
+                )
+            )
+    return Network(
+        nodes=tuple(nodes),
+        rack_uplink_bytes_per_s=spec.node_bytes_per_s * spec.nodes_per_rack / spec.rack_oversubscription,
+        wan_bytes_per_s=spec.wan_gbps * Gbps,
+    )
+
+
+def _trainer_shards(spec: ClusterSpec) -> dict[str, list[int]]:
+    per = math.ceil(spec.num_chunks / spec.trainer_nodes)
+    shards: dict[str, list[int]] = {}
+    for i in range(spec.trainer_nodes):
+        chunks = list(range(i * per, min(spec.num_chunks, (i + 1) * per)))
+        if chunks:
+            shards[f"trainer{i}"] = chunks
+    return shards
+
+
+def _ring_baseline_s(spec: ClusterSpec, num_rollout_nodes: int) -> float:
+    """Static NCCL broadcast from trainer rank 0 to every rollout GPU, full tensors to each (as verl /
+    OpenRLHF send weights to inference engines): each rank receives the whole model over its NIC."""
+    return ring_broadcast_s(
+        size_bytes=spec.size_bytes,
+        num_ranks=num_rollout_nodes * spec.gpus_per_node + 1,
+        link_bytes_per_s=spec.gpu_bytes_per_s,
+        chunk_bytes=spec.nccl_chunk_bytes,
+        hop_latency_s=spec.hop_latency_s,
+    )
+
+
+def standalone_workload(spec: ClusterSpec, options: HubOptions | None = None) -> dict[str, Any]:
+    """Standalone rollouts: after each step every rollout instance waits (on-policy) until it holds
+    the new version. Stall = rollout GPU-seconds spent waiting. Baseline: static NCCL broadcast."""
+    options = options or HubOptions(control_s=spec.control_s)
+    network = _cluster_network(spec, [("trainer", spec.trainer_nodes, "dc0"), ("rollout", spec.rollout_nodes, "dc0")])
+    readers = [f"rollout{i}" for i in range(spec.rollout_nodes)]
+    sizes = [spec.size_bytes / spec.num_chunks] * spec.num_chunks
+    hub = simulate_hub(network, publishers=_trainer_shards(spec), readers=readers, chunk_sizes=sizes, options=options)
+    hub_stall = sum(hub.done_at_s.values()) * spec.gpus_per_node
+    ring_s = _ring_baseline_s(spec, spec.rollout_nodes)
+    naive = simulate_naive(network, trainer="trainer0", readers=readers, size_bytes=spec.size_bytes)
+    return {
+        "num_gpus": (spec.trainer_nodes + spec.rollout_nodes) * spec.gpus_per_node,
+        "hub_stall_gpu_s": hub_stall,
+        "hub_last_reader_s": max(hub.done_at_s.values()),
+        "broadcast_stall_gpu_s": ring_s * spec.rollout_nodes * spec.gpus_per_node,
+        "broadcast_s": ring_s,
+        "naive_stall_gpu_s": sum(naive.values()) * spec.gpus_per_node,
+        "trainer_egress_per_version": sum(v for k, v in hub.bytes_from.items() if k.startswith("trainer"))
+        / spec.size_bytes,
+        "baseline": "static NCCL ring broadcast from trainer rank 0, full tensors to every rollout GPU",
+        "stall_ratio": ring_s * spec.rollout_nodes * spec.gpus_per_node / hub_stall,
+        "stall_ratio_vs_naive": sum(naive.values()) * spec.gpus_per_node / hub_stall,
+    }
+
+
+def elastic_workload(spec: ClusterSpec, options: HubOptions | None = None) -> dict[str, Any]:
+    """Elastic scale-out: ``rollout_nodes`` new instances join while as many hold the version.
+    Figure: time until every new instance holds it. Baseline: the static group re-broadcasts from
+    trainer rank 0 to old and new ranks (communicator re-creation not counted, in its favour)."""
+    options = options or HubOptions(control_s=spec.control_s)
+    network = _cluster_network(
+        spec,
+        [
+            ("trainer", spec.trainer_nodes, "dc0"),
+            ("rollout", spec.rollout_nodes, "dc0"),
+            ("new", spec.rollout_nodes, "dc0"),
+        ],
+    )
+    readers = [f"new{i}" for i in range(spec.rollout_nodes)]
+    sizes = [spec.size_bytes / spec.num_chunks] * spec.num_chunks
+    hub = simulate_hub(
+        network,
+        publishers=_trainer_shards(spec),
+        readers=readers,
+        chunk_sizes=sizes,
+        options=options,
+        existing_holders=[f"rollout{i}" for i in range(spec.rollout_nodes)],
+    )
+    hub_s = max(hub.done_at_s.values())
+    ring_s = _ring_baseline_s(spec, 2 * spec.rollout_nodes)
+    return {
+        "num_gpus": (spec.trainer_nodes + 2 * spec.rollout_nodes) * spec.gpus_per_node,
+        "hub_update_s": hub_s,
+        "broadcast_update_s": ring_s,
+        "trainer_egress_per_version": sum(v for k, v in hub.bytes_from.items() if k.startswith("trainer"))
+        / spec.size_bytes,
+        "baseline": "static NCCL ring broadcast from trainer rank 0 to the re-formed group (old + new ranks)",
+        "update_ratio": ring_s / hub_s,
+    }
+
+
+def crossdc_workload(spec: ClusterSpec, options: HubOptions | None = None) -> dict[str, Any]:
+    """Cross-datacenter rollouts: the trainer in dc0, every rollout instance in dc1. Stall = rollout
+    GPU-seconds waiting. Baseline: every instance pulls from the trainer over the wide-area link (a
+    static NCCL group does not span datacenters)."""
+    options = options or HubOptions(control_s=spec.control_s)
+    network = _cluster_network(spec, [("trainer", spec.trainer_nodes, "dc0"), ("rollout", spec.rollout_nodes, "dc1")])
+    readers = [f"rollout{i}" for i in range(spec.rollout_nodes)]
+    sizes = [spec.size_bytes / spec.num_chunks] * spec.num_chunks
+    hub = simulate_hub(network, publishers=_trainer_shards(spec), readers=readers, chunk_sizes=sizes, options=options)
+    hub_stall = sum(hub.done_at_s.values()) * spec.gpus_per_node
+    # The trainer's shards pulled by every instance: the WAN carries the model once per instance.
+    per_reader = simulate_sharded_pull(network, spec, readers)
+    naive_stall = sum(per_reader.values()) * spec.gpus_per_node
+    return {
+        "num_gpus": (spec.trainer_nodes + spec.rollout_nodes) * spec.gpus_per_node,
+        "hub_stall_gpu_s": hub_stall,
+        "hub_last_reader_s": max(hub.done_at_s.values()),
+        "naive_stall_gpu_s": naive_stall,
+        "naive_last_reader_s": max(per_reader.values()),
+        "wan_bytes_per_version": sum(v for k, v in hub.bytes_from.items() if k.startswith("trainer")) / spec.size_bytes,
+        "baseline": "every rollout instance pulls its weights from the trainer's shards across the WAN",
+        "stall_ratio": naive_stall / hub_stall,
+    }
+
+
+def simulate_sharded_pull(network: Network, spec: ClusterSpec, readers: Sequence[str]) -> dict[str, float]:
+    """Every reader pulls each trainer node's shard directly (no peers); reader -> seconds."""
+    by_id = {n.node_id: n for n in network.nodes}
+    sim = FlowSim(network.capacities())
+    shards = _trainer_shards(spec)
+    chunk = spec.size_bytes / spec.num_chunks
+    pending = {r: len(shards) for r in readers}
+    done_at: dict[str, float] = {}
+    for reader_id in readers:
+        for trainer, chunks in shards.items():
+            uses, cap = network.path(by_id[trainer], by_id[reader_id])
+
+            def arrived(r: str = reader_id) -> None:
+                pending[r] -= 1
+                if pending[r] == 0:
+                    done_at[r] = sim.now_s
+
+            sim.start(chunk * len(chunks), uses, arrived, cap_bytes_per_s=cap)
+    sim.run()
+    return done_at
+
+
+def cluster_workloads(spec: ClusterSpec | None = None) -> dict[str, Any]:
+    """The three TensorHub workloads at 1,000+ GPUs, simulated; ratios are baseline / hub."""
+    spec = spec or ClusterSpec()
+    standalone = standalone_workload(spec)
+    elastic = elastic_workload(spec)
+    crossdc = crossdc_workload(spec)
+    return {
+        "spec": {k: getattr(spec, k) for k in spec.__dataclass_fields__},
+        "standalone": standalone,
+        "elastic": elastic,
+        "crossdc": crossdc,
+        "ratios": {
+            "sim_standalone_stall": standalone["stall_ratio"],
+            "sim_elastic_update": elastic["update_ratio"],
+            "sim_crossdc_stall": crossdc["stall_ratio"],
+        },
+        "paper": {"sim_standalone_stall": 6.7, "sim_elastic_update": 4.8, "sim_crossdc_stall": 19.0},
+    }
+
+
+# -- this machine, described to the simulator ------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class MachineSpec:
+    """One host running the benchmark's processes, described by rates measured in the same run."""
+
+    cpu_cores: float
+    """Cores shared by every process (os.cpu_count())."""
+    socket_bytes_per_s: float
+    """One loopback socket stream, sender and receiver (benchmarks/transport.py raw_socket_method)."""
+    memcpy_bytes_per_s: float
+    """One memcpy into a touched buffer (benchmarks/transport.py memcpy_method)."""
+    hash_bytes_per_s: float
+    """The chunk hash (xxh3_128) over a buffer, one thread."""
+    read_latency_s: float
+    """One small tensor-plane read (request round trip), measured."""
+    rpc_s: float
+    """One hub RPC round trip (gRPC + Redis), measured."""
+
+    def network(self, process_ids: Sequence[str], hosts: Mapping[str, str]) -> Network:
+        """Each process a node; ``hosts`` says which share a host (shared memory between them)."""
+        sock, copy, hashing = self.socket_bytes_per_s, self.memcpy_bytes_per_s, self.hash_bytes_per_s
+        return Network(
+            nodes=tuple(Node(node_id=p, topology=Topology(host=hosts[p]), nic_bytes_per_s=sock) for p in process_ids),
+            cpu_cores=self.cpu_cores,
+            # A socket read costs the kernel's copy on each side (a stream at full speed keeps both
+            # ends busy: 2 / rate) and the reader's hash; a shared-memory read one copy and the hash.
+            cpu_s_per_byte={"tcp": 2 / sock + 1 / hashing, "shm": 1 / copy + 1 / hashing},
+            cpu_cap_bytes_per_s={"tcp": 1 / (1 / sock + 1 / hashing), "shm": 1 / (1 / copy + 1 / hashing)},
+        )
+
+
+def predict_local(
+    machine: MachineSpec,
+    *,
+    k: int,
+    size_bytes: float,
+    num_tensors: int,
+    chunk_size_bytes: float,
+    net: bool,
+    options: HubOptions,
+) -> dict[str, float]:
+    """Predicted seconds of the benchmark's ``hub`` and ``naive`` schemes for K readers on this host."""
+    processes = ["trainer"] + [f"reader{i}" for i in range(k)]
+    hosts = {p: (p if net else "local") for p in processes}
+    network = machine.network(processes, hosts)
+    # The trainer copies the new tensors into its buffers and hashes them before readers start.
+    prepare_s = size_bytes / machine.memcpy_bytes_per_s + size_bytes / machine.hash_bytes_per_s
+    num_chunks = max(1, round(size_bytes / chunk_size_bytes))
+    hub = simulate_hub(
+        network,
+        publishers={"trainer": list(range(num_chunks))},
+        readers=processes[1:],
+        chunk_sizes=[size_bytes / num_chunks] * num_chunks,
+        options=replace(options, publish_s=prepare_s + machine.rpc_s, chunk_latency_s=machine.read_latency_s),
+    )
+    # Readers hear of the version (watch), fetch the manifest and report held: three round trips.
+    hub_s = max(hub.done_at_s.values()) + 3 * machine.rpc_s
+    naive = simulate_naive(
+        network,
+        trainer="trainer",
+        readers=processes[1:],
+        size_bytes=size_bytes,
+        num_requests=num_tensors,
+        request_latency_s=machine.read_latency_s,
+        parallel_requests=2,
+        start_s=prepare_s,
+    )
+    return {"hub_s": hub_s, "naive_s": max(naive.values())}

@@ -1,0 +1,118 @@
+"""The cluster simulator: max-min fair flows, the planner driving it, the TensorHub workloads."""
+
+from __future__ import annotations
+
+from unittest import mock
+
+import pytest
+
+from services.weighthub import planner, sim
+from services.weighthub.planner import Topology
+
+
+def test_one_flow_on_one_link_takes_size_over_bandwidth() -> None:
+    flows = sim.FlowSim({"link": 100.0})
+    done: list[float] = []
+    flows.start(250.0, {"link": 1.0}, lambda: done.append(flows.now_s))
+    flows.run()
+    assert done == [pytest.approx(2.5)]
+
+
+def test_two_flows_share_a_link_fairly_and_the_survivor_speeds_up() -> None:
+    flows = sim.FlowSim({"link": 100.0})
+    done: dict[str, float] = {}
+    flows.start(100.0, {"link": 1.0}, lambda: done.setdefault("small", flows.now_s))
+    flows.start(300.0, {"link": 1.0}, lambda: done.setdefault("large", flows.now_s))
+    flows.run()
+    # 50/s each until the small one ends at 2 s; then the large one has 200 left at 100/s.
+    assert done["small"] == pytest.approx(2.0)
+    assert done["large"] == pytest.approx(4.0)
+
+
+def test_max_min_gives_the_bottlenecked_flow_its_share_and_the_rest_to_the_other() -> None:
+    flows = sim.FlowSim({"a": 100.0, "b": 30.0})
+    first = flows.start(1e9, {"a": 1.0, "b": 1.0}, lambda: None)
+    second = flows.start(1e9, {"a": 1.0}, lambda: None)
+    flows.run(until_s=1.0)
+    assert first.rate_bytes_per_s == pytest.approx(30.0)
+    assert second.rate_bytes_per_s == pytest.approx(70.0)
+
+
+def test_a_flow_cap_limits_one_stream() -> None:
+    flows = sim.FlowSim({"link": 100.0})
+    done: list[float] = []
+    flows.start(100.0, {"link": 1.0}, lambda: done.append(flows.now_s), cap_bytes_per_s=25.0)
+    flows.run()
+    assert done == [pytest.approx(4.0)]
+
+
+def _star(num_readers: int, nic: float = 100.0) -> sim.Network:
+    nodes = [sim.Node(node_id="trainer", topology=Topology("t", "r0", "dc0"), nic_bytes_per_s=nic)]
+    nodes += [
+        sim.Node(node_id=f"r{i}", topology=Topology(f"h{i}", "r0", "dc0"), nic_bytes_per_s=nic)
+        for i in range(num_readers)
+    ]
+    return sim.Network(nodes=tuple(nodes))
+
+
+def test_the_simulated_hub_calls_the_planner_and_every_reader_gets_every_chunk() -> None:
+    network = _star(4)
+    with mock.patch.object(sim, "plan_reads", wraps=planner.plan_reads) as spy:
+        run = sim.simulate_hub(
+            network,
+            publishers={"trainer": list(range(8))},
+            readers=[f"r{i}" for i in range(4)],
+            chunk_sizes=[10.0] * 8,
+            options=sim.HubOptions(),
+        )
+    assert spy.call_count >= 4
+    assert sorted(run.done_at_s) == ["r0", "r1", "r2", "r3"]
+    assert sum(run.bytes_from.values()) == pytest.approx(4 * 80.0)
+
+
+def test_pipelined_fan_out_keeps_trainer_egress_near_one_model_and_beats_pulling_from_the_trainer() -> None:
+    network = _star(8)
+    readers = [f"r{i}" for i in range(8)]
+    run = sim.simulate_hub(
+        network,
+        publishers={"trainer": list(range(32))},
+        readers=readers,
+        chunk_sizes=[10.0] * 32,
+        options=sim.HubOptions(partial_holders=True),
+    )
+    naive = sim.simulate_naive(network, trainer="trainer", readers=readers, size_bytes=320.0)
+    assert run.bytes_from["trainer"] <= 1.5 * 320.0
+    assert max(naive.values()) == pytest.approx(8 * 320.0 / 100.0)
+    assert max(run.done_at_s.values()) < max(naive.values()) / 2
+
+
+def test_ring_broadcast_time_is_size_over_bandwidth_plus_pipeline_fill() -> None:
+    seconds = sim.ring_broadcast_s(
+        size_bytes=1000.0, num_ranks=5, link_bytes_per_s=100.0, chunk_bytes=10.0, hop_latency_s=0.0
+    )
+    assert seconds == pytest.approx((1000.0 + 4 * 10.0) / 100.0)
+
+
+def test_cluster_workloads_run_at_a_thousand_gpus_and_the_hub_wins_each() -> None:
+    spec = sim.ClusterSpec(num_chunks=8, trainer_nodes=64, rollout_nodes=64)
+    out = sim.cluster_workloads(spec)
+    assert out["standalone"]["num_gpus"] >= 1000
+    assert out["crossdc"]["wan_bytes_per_version"] == pytest.approx(1.0)
+    for key in ("sim_standalone_stall", "sim_elastic_update", "sim_crossdc_stall"):
+        assert out["ratios"][key] > 1.0, key
+
+
+def test_machine_prediction_orders_socket_reads_slower_than_shared_memory() -> None:
+    machine = sim.MachineSpec(
+        cpu_cores=2,
+        socket_bytes_per_s=2e9,
+        memcpy_bytes_per_s=10e9,
+        hash_bytes_per_s=10e9,
+        read_latency_s=1e-4,
+        rpc_s=1e-3,
+    )
+    common = {"k": 4, "size_bytes": 64e6, "num_tensors": 16, "chunk_size_bytes": 4e6, "options": sim.HubOptions()}
+    host = sim.predict_local(machine, net=False, **common)  # type: ignore[arg-type]
+    net = sim.predict_local(machine, net=True, **common)  # type: ignore[arg-type]
+    assert 0 < host["naive_s"] < net["naive_s"]
+    assert 0 < host["hub_s"] < net["hub_s"]
