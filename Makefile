@@ -47,8 +47,14 @@ status: setup
 down: setup
 	$(BIN)/seedctl down
 
+# Every benchmark in quick mode, JSON into runs/bench/ (installs the baselines' extra first).
+BENCHES ?= transport weighthub dataplane rollout trainer robustness gen3d
 bench: setup
-	$(BIN)/python -m benchmarks.transport --quick
+	$(BIN)/pip install --quiet -e ".[$(EXTRAS),bench]"
+	@mkdir -p runs/bench
+	@for b in $(BENCHES); do echo "== benchmarks.$$b"; \
+	  $(BIN)/python -m benchmarks.$$b --quick --json runs/bench/$$b.json > /dev/null || exit 1; \
+	  $(BIN)/python -c "import json,sys; print(json.load(open(sys.argv[1]))['ratios'])" runs/bench/$$b.json; done
 
 clean:
 	rm -rf $(VENV) runs

@@ -26,51 +26,55 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from seedstack.common.v1 import common_pb2 as seedstack_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"seedstack/trainer/v1/trainer.proto\x12\x14seedstack.trainer.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a seedstack/common/v1/common.proto\"k\n\x0fOptimizerConfig\x12\x15\n\rlearning_rate\x18\x01 \x01(\x01\x12\x14\n\x0cweight_decay\x18\x02 \x01(\x01\x12\x15\n\rmax_grad_norm\x18\x03 \x01(\x01\x12\x14\n\x0cwarmup_steps\x18\x04 \x01(\x03\"\xa7\x01\n\x10PolicyLossConfig\x12\x18\n\x10\x63lip_epsilon_low\x18\x01 \x01(\x01\x12\x19\n\x11\x63lip_epsilon_high\x18\x02 \x01(\x01\x12\x18\n\x10token_level_loss\x18\x03 \x01(\x08\x12\x0f\n\x07kl_coef\x18\x04 \x01(\x01\x12\x14\n\x0c\x65ntropy_coef\x18\x05 \x01(\x01\x12\x1d\n\x15max_importance_weight\x18\x06 \x01(\x01\"e\n\nDapoConfig\x12\x1d\n\x15max_completion_tokens\x18\x01 \x01(\x03\x12\x1e\n\x16overlong_buffer_tokens\x18\x02 \x01(\x03\x12\x18\n\x10overlong_penalty\x18\x03 \x01(\x01\"\xcd\x01\n\nVapoConfig\x12\x1b\n\x13value_learning_rate\x18\x01 \x01(\x01\x12\x1c\n\x14value_pretrain_steps\x18\x02 \x01(\x03\x12\x19\n\x11gae_lambda_critic\x18\x03 \x01(\x01\x12\x19\n\x11gae_lambda_policy\x18\x04 \x01(\x01\x12\x1d\n\x15length_adaptive_alpha\x18\x05 \x01(\x01\x12\x1d\n\x15positive_lm_loss_coef\x18\x06 \x01(\x01\x12\x10\n\x08\x64iscount\x18\x07 \x01(\x01\"V\n\x0fWarmStartConfig\x12\x19\n\x11\x64\x61taplane_plan_id\x18\x01 \x01(\t\x12\x11\n\tnum_steps\x18\x02 \x01(\x03\x12\x15\n\rlearning_rate\x18\x03 \x01(\x01\"\x91\x01\n\nEvalConfig\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x33\n\x08verifier\x18\x02 \x01(\x0e\x32!.seedstack.common.v1.VerifierKind\x12\x13\n\x0bnum_prompts\x18\x03 \x01(\r\x12\x13\n\x0b\x65very_steps\x18\x04 \x01(\x03\x12\x16\n\x0emax_new_tokens\x18\x05 \x01(\r\"I\n\x10\x43heckpointConfig\x12\x0b\n\x03\x64ir\x18\x01 \x01(\t\x12\x13\n\x0b\x65very_steps\x18\x02 \x01(\x03\x12\x13\n\x0bresume_from\x18\x03 \x01(\t\"\x95\x05\n\tRunConfig\x12\x32\n\talgorithm\x18\x01 \x01(\x0e\x32\x1f.seedstack.trainer.v1.Algorithm\x12-\n\x05model\x18\x02 \x01(\x0b\x32\x1e.seedstack.common.v1.ModelSpec\x12\x11\n\tnum_ranks\x18\x03 \x01(\r\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\x12\x0c\n\x04seed\x18\x05 \x01(\x04\x12\x11\n\tnum_steps\x18\x06 \x01(\x03\x12\x15\n\rtime_budget_s\x18\x07 \x01(\x01\x12\x18\n\x10micro_batch_size\x18\x08 \x01(\r\x12\x19\n\x11\x64\x61taplane_plan_id\x18\t \x01(\t\x12\x17\n\x0fweighthub_model\x18\n \x01(\t\x12\x38\n\toptimizer\x18\x0b \x01(\x0b\x32%.seedstack.trainer.v1.OptimizerConfig\x12;\n\x0bpolicy_loss\x18\x0c \x01(\x0b\x32&.seedstack.trainer.v1.PolicyLossConfig\x12.\n\x04\x64\x61po\x18\r \x01(\x0b\x32 .seedstack.trainer.v1.DapoConfig\x12.\n\x04vapo\x18\x0e \x01(\x0b\x32 .seedstack.trainer.v1.VapoConfig\x12\x39\n\nwarm_start\x18\x0f \x01(\x0b\x32%.seedstack.trainer.v1.WarmStartConfig\x12.\n\x04\x65val\x18\x10 \x01(\x0b\x32 .seedstack.trainer.v1.EvalConfig\x12:\n\ncheckpoint\x18\x11 \x01(\x0b\x32&.seedstack.trainer.v1.CheckpointConfig\"\x81\x01\n\x0fStartRunRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x35\n\nrun_config\x18\x02 \x01(\x0b\x32\x1f.seedstack.trainer.v1.RunConfigH\x00\x12\x19\n\x0frun_config_text\x18\x03 \x01(\tH\x00\x42\x08\n\x06\x63onfig\"\\\n\x10StartRunResponse\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x38\n\x0fresolved_config\x18\x02 \x01(\x0b\x32\x1f.seedstack.trainer.v1.RunConfig\"\xc7\x02\n\x0bStepMetrics\x12\x13\n\x0breward_mean\x18\x01 \x01(\x01\x12\x13\n\x0bpolicy_loss\x18\x02 \x01(\x01\x12\x12\n\nvalue_loss\x18\x03 \x01(\x01\x12\n\n\x02kl\x18\x04 \x01(\x01\x12\x0f\n\x07\x65ntropy\x18\x05 \x01(\x01\x12\x15\n\rclip_fraction\x18\x06 \x01(\x01\x12\x11\n\tgrad_norm\x18\x07 \x01(\x01\x12\x18\n\x10logprob_mismatch\x18\x08 \x01(\x01\x12\x14\n\x0ctokens_per_s\x18\t \x01(\x01\x12\x15\n\rsamples_per_s\x18\n \x01(\x01\x12\x13\n\x0bstep_time_s\x18\x0b \x01(\x01\x12\x13\n\x0b\x64\x61ta_wait_s\x18\x0c \x01(\x01\x12\x1a\n\x12\x66orward_backward_s\x18\r \x01(\x01\x12\x13\n\x0boptimizer_s\x18\x0e \x01(\x01\x12\x11\n\tpublish_s\x18\x0f \x01(\x01\"s\n\nEvalResult\x12\x0c\n\x04step\x18\x01 \x01(\x03\x12\x30\n\x0c\x65valuated_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x61\x63\x63uracy\x18\x03 \x01(\x01\x12\x13\n\x0bnum_prompts\x18\x04 \x01(\r\"\xff\x02\n\x03Run\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12-\n\x05state\x18\x02 \x01(\x0e\x32\x1e.seedstack.trainer.v1.RunState\x12/\n\x06\x63onfig\x18\x03 \x01(\x0b\x32\x1f.seedstack.trainer.v1.RunConfig\x12\x0c\n\x04step\x18\x04 \x01(\x03\x12\x19\n\x11published_version\x18\x05 \x01(\x04\x12.\n\nstarted_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\x0blatest_step\x18\x08 \x01(\x0b\x32!.seedstack.trainer.v1.StepMetrics\x12/\n\x05\x65vals\x18\t \x03(\x0b\x32 .seedstack.trainer.v1.EvalResult\x12\x16\n\x0e\x66\x61ilure_reason\x18\n \x01(\t\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"8\n\x0eGetRunResponse\x12&\n\x03run\x18\x01 \x01(\x0b\x32\x19.seedstack.trainer.v1.Run\"M\n\x0eStopRunRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x17\n\x0fsave_checkpoint\x18\x03 \x01(\x08\"9\n\x0fStopRunResponse\x12&\n\x03run\x18\x01 \x01(\x0b\x32\x19.seedstack.trainer.v1.Run*b\n\tAlgorithm\x12\x19\n\x15\x41LGORITHM_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x41LGORITHM_GRPO\x10\x01\x12\x12\n\x0e\x41LGORITHM_DAPO\x10\x02\x12\x12\n\x0e\x41LGORITHM_VAPO\x10\x03*\xcd\x01\n\x08RunState\x12\x19\n\x15RUN_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12RUN_STATE_STARTING\x10\x01\x12\x18\n\x14RUN_STATE_WARM_START\x10\x02\x12\x16\n\x12RUN_STATE_TRAINING\x10\x03\x12\x16\n\x12RUN_STATE_STOPPING\x10\x04\x12\x17\n\x13RUN_STATE_COMPLETED\x10\x05\x12\x15\n\x11RUN_STATE_STOPPED\x10\x06\x12\x14\n\x10RUN_STATE_FAILED\x10\x07\x32\x91\x02\n\x07Trainer\x12Y\n\x08StartRun\x12%.seedstack.trainer.v1.StartRunRequest\x1a&.seedstack.trainer.v1.StartRunResponse\x12S\n\x06GetRun\x12#.seedstack.trainer.v1.GetRunRequest\x1a$.seedstack.trainer.v1.GetRunResponse\x12V\n\x07StopRun\x12$.seedstack.trainer.v1.StopRunRequest\x1a%.seedstack.trainer.v1.StopRunResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"seedstack/trainer/v1/trainer.proto\x12\x14seedstack.trainer.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a seedstack/common/v1/common.proto\"k\n\x0fOptimizerConfig\x12\x15\n\rlearning_rate\x18\x01 \x01(\x01\x12\x14\n\x0cweight_decay\x18\x02 \x01(\x01\x12\x15\n\rmax_grad_norm\x18\x03 \x01(\x01\x12\x14\n\x0cwarmup_steps\x18\x04 \x01(\x03\"\xa7\x01\n\x10PolicyLossConfig\x12\x18\n\x10\x63lip_epsilon_low\x18\x01 \x01(\x01\x12\x19\n\x11\x63lip_epsilon_high\x18\x02 \x01(\x01\x12\x18\n\x10token_level_loss\x18\x03 \x01(\x08\x12\x0f\n\x07kl_coef\x18\x04 \x01(\x01\x12\x14\n\x0c\x65ntropy_coef\x18\x05 \x01(\x01\x12\x1d\n\x15max_importance_weight\x18\x06 \x01(\x01\"\x99\x01\n\nDapoConfig\x12\x1d\n\x15max_completion_tokens\x18\x01 \x01(\x03\x12\x1e\n\x16overlong_buffer_tokens\x18\x02 \x01(\x03\x12\x18\n\x10overlong_penalty\x18\x03 \x01(\x01\x12\x1d\n\x10\x64ynamic_sampling\x18\x04 \x01(\x08H\x00\x88\x01\x01\x42\x13\n\x11_dynamic_sampling\"\xcd\x01\n\nVapoConfig\x12\x1b\n\x13value_learning_rate\x18\x01 \x01(\x01\x12\x1c\n\x14value_pretrain_steps\x18\x02 \x01(\x03\x12\x19\n\x11gae_lambda_critic\x18\x03 \x01(\x01\x12\x19\n\x11gae_lambda_policy\x18\x04 \x01(\x01\x12\x1d\n\x15length_adaptive_alpha\x18\x05 \x01(\x01\x12\x1d\n\x15positive_lm_loss_coef\x18\x06 \x01(\x01\x12\x10\n\x08\x64iscount\x18\x07 \x01(\x01\"U\n\x0fWarmStartConfig\x12\x11\n\tnum_steps\x18\x02 \x01(\x03\x12\x15\n\rlearning_rate\x18\x03 \x01(\x01\x12\x12\n\nbatch_size\x18\x04 \x01(\rJ\x04\x08\x01\x10\x02\"i\n\nTaskConfig\x12\x11\n\tnum_terms\x18\x01 \x01(\r\x12\x11\n\tmax_value\x18\x02 \x01(\r\x12\x0b\n\x03ops\x18\x03 \x01(\t\x12\x16\n\x0enum_warm_start\x18\x04 \x01(\r\x12\x10\n\x08num_eval\x18\x05 \x01(\r\"\x90\x01\n\rRolloutConfig\x12\x18\n\x10prompts_per_step\x18\x01 \x01(\r\x12\x12\n\ngroup_size\x18\x02 \x01(\r\x12\x16\n\x0emax_new_tokens\x18\x03 \x01(\r\x12\x13\n\x0btemperature\x18\x04 \x01(\x01\x12\x16\n\tcolocated\x18\x05 \x01(\x08H\x00\x88\x01\x01\x42\x0c\n\n_colocated\"b\n\nEvalConfig\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x13\n\x0bnum_prompts\x18\x03 \x01(\r\x12\x13\n\x0b\x65very_steps\x18\x04 \x01(\x03\x12\x16\n\x0emax_new_tokens\x18\x05 \x01(\rJ\x04\x08\x02\x10\x03\"I\n\x10\x43heckpointConfig\x12\x0b\n\x03\x64ir\x18\x01 \x01(\t\x12\x13\n\x0b\x65very_steps\x18\x02 \x01(\x03\x12\x13\n\x0bresume_from\x18\x03 \x01(\t\"\xfc\x05\n\tRunConfig\x12\x32\n\talgorithm\x18\x01 \x01(\x0e\x32\x1f.seedstack.trainer.v1.Algorithm\x12-\n\x05model\x18\x02 \x01(\x0b\x32\x1e.seedstack.common.v1.ModelSpec\x12\x11\n\tnum_ranks\x18\x03 \x01(\r\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\x12\x0c\n\x04seed\x18\x05 \x01(\x04\x12\x11\n\tnum_steps\x18\x06 \x01(\x03\x12\x15\n\rtime_budget_s\x18\x07 \x01(\x01\x12\x19\n\x11\x64\x61taplane_plan_id\x18\t \x01(\t\x12\x17\n\x0fweighthub_model\x18\n \x01(\t\x12\x38\n\toptimizer\x18\x0b \x01(\x0b\x32%.seedstack.trainer.v1.OptimizerConfig\x12;\n\x0bpolicy_loss\x18\x0c \x01(\x0b\x32&.seedstack.trainer.v1.PolicyLossConfig\x12.\n\x04\x64\x61po\x18\r \x01(\x0b\x32 .seedstack.trainer.v1.DapoConfig\x12.\n\x04vapo\x18\x0e \x01(\x0b\x32 .seedstack.trainer.v1.VapoConfig\x12\x39\n\nwarm_start\x18\x0f \x01(\x0b\x32%.seedstack.trainer.v1.WarmStartConfig\x12.\n\x04\x65val\x18\x10 \x01(\x0b\x32 .seedstack.trainer.v1.EvalConfig\x12:\n\ncheckpoint\x18\x11 \x01(\x0b\x32&.seedstack.trainer.v1.CheckpointConfig\x12.\n\x04task\x18\x12 \x01(\x0b\x32 .seedstack.trainer.v1.TaskConfig\x12\x34\n\x07rollout\x18\x13 \x01(\x0b\x32#.seedstack.trainer.v1.RolloutConfig\x12\x13\n\x0bnum_threads\x18\x14 \x01(\rJ\x04\x08\x08\x10\t\"\x81\x01\n\x0fStartRunRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x35\n\nrun_config\x18\x02 \x01(\x0b\x32\x1f.seedstack.trainer.v1.RunConfigH\x00\x12\x19\n\x0frun_config_text\x18\x03 \x01(\tH\x00\x42\x08\n\x06\x63onfig\"\\\n\x10StartRunResponse\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x38\n\x0fresolved_config\x18\x02 \x01(\x0b\x32\x1f.seedstack.trainer.v1.RunConfig\"\x8c\x03\n\x0bStepMetrics\x12\x13\n\x0breward_mean\x18\x01 \x01(\x01\x12\x13\n\x0bpolicy_loss\x18\x02 \x01(\x01\x12\x12\n\nvalue_loss\x18\x03 \x01(\x01\x12\n\n\x02kl\x18\x04 \x01(\x01\x12\x0f\n\x07\x65ntropy\x18\x05 \x01(\x01\x12\x15\n\rclip_fraction\x18\x06 \x01(\x01\x12\x11\n\tgrad_norm\x18\x07 \x01(\x01\x12\x18\n\x10logprob_mismatch\x18\x08 \x01(\x01\x12\x14\n\x0ctokens_per_s\x18\t \x01(\x01\x12\x15\n\rsamples_per_s\x18\n \x01(\x01\x12\x13\n\x0bstep_time_s\x18\x0b \x01(\x01\x12\x13\n\x0b\x64\x61ta_wait_s\x18\x0c \x01(\x01\x12\x1a\n\x12\x66orward_backward_s\x18\r \x01(\x01\x12\x13\n\x0boptimizer_s\x18\x0e \x01(\x01\x12\x11\n\tpublish_s\x18\x0f \x01(\x01\x12\x13\n\x0bnum_samples\x18\x10 \x01(\x03\x12\x12\n\nnum_tokens\x18\x11 \x01(\x03\x12\x1a\n\x12truncated_fraction\x18\x12 \x01(\x01\"s\n\nEvalResult\x12\x0c\n\x04step\x18\x01 \x01(\x03\x12\x30\n\x0c\x65valuated_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x61\x63\x63uracy\x18\x03 \x01(\x01\x12\x13\n\x0bnum_prompts\x18\x04 \x01(\r\"\xcd\x03\n\x03Run\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12-\n\x05state\x18\x02 \x01(\x0e\x32\x1e.seedstack.trainer.v1.RunState\x12/\n\x06\x63onfig\x18\x03 \x01(\x0b\x32\x1f.seedstack.trainer.v1.RunConfig\x12\x0c\n\x04step\x18\x04 \x01(\x03\x12\x19\n\x11published_version\x18\x05 \x01(\x04\x12.\n\nstarted_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\x0blatest_step\x18\x08 \x01(\x0b\x32!.seedstack.trainer.v1.StepMetrics\x12/\n\x05\x65vals\x18\t \x03(\x0b\x32 .seedstack.trainer.v1.EvalResult\x12\x16\n\x0e\x66\x61ilure_reason\x18\n \x01(\t\x12\x19\n\x11num_skipped_steps\x18\x0b \x01(\x03\x12\x18\n\x10last_skip_reason\x18\x0c \x01(\t\x12\x17\n\x0flast_checkpoint\x18\r \x01(\t\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"8\n\x0eGetRunResponse\x12&\n\x03run\x18\x01 \x01(\x0b\x32\x19.seedstack.trainer.v1.Run\"M\n\x0eStopRunRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x17\n\x0fsave_checkpoint\x18\x03 \x01(\x08\"9\n\x0fStopRunResponse\x12&\n\x03run\x18\x01 \x01(\x0b\x32\x19.seedstack.trainer.v1.Run*b\n\tAlgorithm\x12\x19\n\x15\x41LGORITHM_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x41LGORITHM_GRPO\x10\x01\x12\x12\n\x0e\x41LGORITHM_DAPO\x10\x02\x12\x12\n\x0e\x41LGORITHM_VAPO\x10\x03*\xcd\x01\n\x08RunState\x12\x19\n\x15RUN_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12RUN_STATE_STARTING\x10\x01\x12\x18\n\x14RUN_STATE_WARM_START\x10\x02\x12\x16\n\x12RUN_STATE_TRAINING\x10\x03\x12\x16\n\x12RUN_STATE_STOPPING\x10\x04\x12\x17\n\x13RUN_STATE_COMPLETED\x10\x05\x12\x15\n\x11RUN_STATE_STOPPED\x10\x06\x12\x14\n\x10RUN_STATE_FAILED\x10\x07\x32\x91\x02\n\x07Trainer\x12Y\n\x08StartRun\x12%.seedstack.trainer.v1.StartRunRequest\x1a&.seedstack.trainer.v1.StartRunResponse\x12S\n\x06GetRun\x12#.seedstack.trainer.v1.GetRunRequest\x1a$.seedstack.trainer.v1.GetRunResponse\x12V\n\x07StopRun\x12$.seedstack.trainer.v1.StopRunRequest\x1a%.seedstack.trainer.v1.StopRunResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'seedstack.trainer.v1.trainer_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ALGORITHM']._serialized_start=2980
-  _globals['_ALGORITHM']._serialized_end=3078
-  _globals['_RUNSTATE']._serialized_start=3081
-  _globals['_RUNSTATE']._serialized_end=3286
+  _globals['_ALGORITHM']._serialized_start=3488
+  _globals['_ALGORITHM']._serialized_end=3586
+  _globals['_RUNSTATE']._serialized_start=3589
+  _globals['_RUNSTATE']._serialized_end=3794
   _globals['_OPTIMIZERCONFIG']._serialized_start=127
   _globals['_OPTIMIZERCONFIG']._serialized_end=234
   _globals['_POLICYLOSSCONFIG']._serialized_start=237
   _globals['_POLICYLOSSCONFIG']._serialized_end=404
-  _globals['_DAPOCONFIG']._serialized_start=406
-  _globals['_DAPOCONFIG']._serialized_end=507
-  _globals['_VAPOCONFIG']._serialized_start=510
-  _globals['_VAPOCONFIG']._serialized_end=715
-  _globals['_WARMSTARTCONFIG']._serialized_start=717
-  _globals['_WARMSTARTCONFIG']._serialized_end=803
-  _globals['_EVALCONFIG']._serialized_start=806
-  _globals['_EVALCONFIG']._serialized_end=951
-  _globals['_CHECKPOINTCONFIG']._serialized_start=953
-  _globals['_CHECKPOINTCONFIG']._serialized_end=1026
-  _globals['_RUNCONFIG']._serialized_start=1029
-  _globals['_RUNCONFIG']._serialized_end=1690
-  _globals['_STARTRUNREQUEST']._serialized_start=1693
-  _globals['_STARTRUNREQUEST']._serialized_end=1822
-  _globals['_STARTRUNRESPONSE']._serialized_start=1824
-  _globals['_STARTRUNRESPONSE']._serialized_end=1916
-  _globals['_STEPMETRICS']._serialized_start=1919
-  _globals['_STEPMETRICS']._serialized_end=2246
-  _globals['_EVALRESULT']._serialized_start=2248
-  _globals['_EVALRESULT']._serialized_end=2363
-  _globals['_RUN']._serialized_start=2366
-  _globals['_RUN']._serialized_end=2749
-  _globals['_GETRUNREQUEST']._serialized_start=2751
-  _globals['_GETRUNREQUEST']._serialized_end=2782
-  _globals['_GETRUNRESPONSE']._serialized_start=2784
-  _globals['_GETRUNRESPONSE']._serialized_end=2840
-  _globals['_STOPRUNREQUEST']._serialized_start=2842
-  _globals['_STOPRUNREQUEST']._serialized_end=2919
-  _globals['_STOPRUNRESPONSE']._serialized_start=2921
-  _globals['_STOPRUNRESPONSE']._serialized_end=2978
-  _globals['_TRAINER']._serialized_start=3289
-  _globals['_TRAINER']._serialized_end=3562
+  _globals['_DAPOCONFIG']._serialized_start=407
+  _globals['_DAPOCONFIG']._serialized_end=560
+  _globals['_VAPOCONFIG']._serialized_start=563
+  _globals['_VAPOCONFIG']._serialized_end=768
+  _globals['_WARMSTARTCONFIG']._serialized_start=770
+  _globals['_WARMSTARTCONFIG']._serialized_end=855
+  _globals['_TASKCONFIG']._serialized_start=857
+  _globals['_TASKCONFIG']._serialized_end=962
+  _globals['_ROLLOUTCONFIG']._serialized_start=965
+  _globals['_ROLLOUTCONFIG']._serialized_end=1109
+  _globals['_EVALCONFIG']._serialized_start=1111
+  _globals['_EVALCONFIG']._serialized_end=1209
+  _globals['_CHECKPOINTCONFIG']._serialized_start=1211
+  _globals['_CHECKPOINTCONFIG']._serialized_end=1284
+  _globals['_RUNCONFIG']._serialized_start=1287
+  _globals['_RUNCONFIG']._serialized_end=2051
+  _globals['_STARTRUNREQUEST']._serialized_start=2054
+  _globals['_STARTRUNREQUEST']._serialized_end=2183
+  _globals['_STARTRUNRESPONSE']._serialized_start=2185
+  _globals['_STARTRUNRESPONSE']._serialized_end=2277
+  _globals['_STEPMETRICS']._serialized_start=2280
+  _globals['_STEPMETRICS']._serialized_end=2676
+  _globals['_EVALRESULT']._serialized_start=2678
+  _globals['_EVALRESULT']._serialized_end=2793
+  _globals['_RUN']._serialized_start=2796
+  _globals['_RUN']._serialized_end=3257
+  _globals['_GETRUNREQUEST']._serialized_start=3259
+  _globals['_GETRUNREQUEST']._serialized_end=3290
+  _globals['_GETRUNRESPONSE']._serialized_start=3292
+  _globals['_GETRUNRESPONSE']._serialized_end=3348
+  _globals['_STOPRUNREQUEST']._serialized_start=3350
+  _globals['_STOPRUNREQUEST']._serialized_end=3427
+  _globals['_STOPRUNRESPONSE']._serialized_start=3429
+  _globals['_STOPRUNRESPONSE']._serialized_end=3486
+  _globals['_TRAINER']._serialized_start=3797
+  _globals['_TRAINER']._serialized_end=4070
 # @@protoc_insertion_point(module_scope)

@@ -70,14 +70,16 @@ class PolicyLossConfig(_message.Message):
     def __init__(self, clip_epsilon_low: _Optional[float] = ..., clip_epsilon_high: _Optional[float] = ..., token_level_loss: _Optional[bool] = ..., kl_coef: _Optional[float] = ..., entropy_coef: _Optional[float] = ..., max_importance_weight: _Optional[float] = ...) -> None: ...
 
 class DapoConfig(_message.Message):
-    __slots__ = ("max_completion_tokens", "overlong_buffer_tokens", "overlong_penalty")
+    __slots__ = ("max_completion_tokens", "overlong_buffer_tokens", "overlong_penalty", "dynamic_sampling")
     MAX_COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
     OVERLONG_BUFFER_TOKENS_FIELD_NUMBER: _ClassVar[int]
     OVERLONG_PENALTY_FIELD_NUMBER: _ClassVar[int]
+    DYNAMIC_SAMPLING_FIELD_NUMBER: _ClassVar[int]
     max_completion_tokens: int
     overlong_buffer_tokens: int
     overlong_penalty: float
-    def __init__(self, max_completion_tokens: _Optional[int] = ..., overlong_buffer_tokens: _Optional[int] = ..., overlong_penalty: _Optional[float] = ...) -> None: ...
+    dynamic_sampling: bool
+    def __init__(self, max_completion_tokens: _Optional[int] = ..., overlong_buffer_tokens: _Optional[int] = ..., overlong_penalty: _Optional[float] = ..., dynamic_sampling: _Optional[bool] = ...) -> None: ...
 
 class VapoConfig(_message.Message):
     __slots__ = ("value_learning_rate", "value_pretrain_steps", "gae_lambda_critic", "gae_lambda_policy", "length_adaptive_alpha", "positive_lm_loss_coef", "discount")
@@ -98,28 +100,54 @@ class VapoConfig(_message.Message):
     def __init__(self, value_learning_rate: _Optional[float] = ..., value_pretrain_steps: _Optional[int] = ..., gae_lambda_critic: _Optional[float] = ..., gae_lambda_policy: _Optional[float] = ..., length_adaptive_alpha: _Optional[float] = ..., positive_lm_loss_coef: _Optional[float] = ..., discount: _Optional[float] = ...) -> None: ...
 
 class WarmStartConfig(_message.Message):
-    __slots__ = ("dataplane_plan_id", "num_steps", "learning_rate")
-    DATAPLANE_PLAN_ID_FIELD_NUMBER: _ClassVar[int]
+    __slots__ = ("num_steps", "learning_rate", "batch_size")
     NUM_STEPS_FIELD_NUMBER: _ClassVar[int]
     LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
-    dataplane_plan_id: str
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     num_steps: int
     learning_rate: float
-    def __init__(self, dataplane_plan_id: _Optional[str] = ..., num_steps: _Optional[int] = ..., learning_rate: _Optional[float] = ...) -> None: ...
+    batch_size: int
+    def __init__(self, num_steps: _Optional[int] = ..., learning_rate: _Optional[float] = ..., batch_size: _Optional[int] = ...) -> None: ...
+
+class TaskConfig(_message.Message):
+    __slots__ = ("num_terms", "max_value", "ops", "num_warm_start", "num_eval")
+    NUM_TERMS_FIELD_NUMBER: _ClassVar[int]
+    MAX_VALUE_FIELD_NUMBER: _ClassVar[int]
+    OPS_FIELD_NUMBER: _ClassVar[int]
+    NUM_WARM_START_FIELD_NUMBER: _ClassVar[int]
+    NUM_EVAL_FIELD_NUMBER: _ClassVar[int]
+    num_terms: int
+    max_value: int
+    ops: str
+    num_warm_start: int
+    num_eval: int
+    def __init__(self, num_terms: _Optional[int] = ..., max_value: _Optional[int] = ..., ops: _Optional[str] = ..., num_warm_start: _Optional[int] = ..., num_eval: _Optional[int] = ...) -> None: ...
+
+class RolloutConfig(_message.Message):
+    __slots__ = ("prompts_per_step", "group_size", "max_new_tokens", "temperature", "colocated")
+    PROMPTS_PER_STEP_FIELD_NUMBER: _ClassVar[int]
+    GROUP_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    COLOCATED_FIELD_NUMBER: _ClassVar[int]
+    prompts_per_step: int
+    group_size: int
+    max_new_tokens: int
+    temperature: float
+    colocated: bool
+    def __init__(self, prompts_per_step: _Optional[int] = ..., group_size: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., colocated: _Optional[bool] = ...) -> None: ...
 
 class EvalConfig(_message.Message):
-    __slots__ = ("path", "verifier", "num_prompts", "every_steps", "max_new_tokens")
+    __slots__ = ("path", "num_prompts", "every_steps", "max_new_tokens")
     PATH_FIELD_NUMBER: _ClassVar[int]
-    VERIFIER_FIELD_NUMBER: _ClassVar[int]
     NUM_PROMPTS_FIELD_NUMBER: _ClassVar[int]
     EVERY_STEPS_FIELD_NUMBER: _ClassVar[int]
     MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
     path: str
-    verifier: _common_pb2.VerifierKind
     num_prompts: int
     every_steps: int
     max_new_tokens: int
-    def __init__(self, path: _Optional[str] = ..., verifier: _Optional[_Union[_common_pb2.VerifierKind, str]] = ..., num_prompts: _Optional[int] = ..., every_steps: _Optional[int] = ..., max_new_tokens: _Optional[int] = ...) -> None: ...
+    def __init__(self, path: _Optional[str] = ..., num_prompts: _Optional[int] = ..., every_steps: _Optional[int] = ..., max_new_tokens: _Optional[int] = ...) -> None: ...
 
 class CheckpointConfig(_message.Message):
     __slots__ = ("dir", "every_steps", "resume_from")
@@ -132,7 +160,7 @@ class CheckpointConfig(_message.Message):
     def __init__(self, dir: _Optional[str] = ..., every_steps: _Optional[int] = ..., resume_from: _Optional[str] = ...) -> None: ...
 
 class RunConfig(_message.Message):
-    __slots__ = ("algorithm", "model", "num_ranks", "device", "seed", "num_steps", "time_budget_s", "micro_batch_size", "dataplane_plan_id", "weighthub_model", "optimizer", "policy_loss", "dapo", "vapo", "warm_start", "eval", "checkpoint")
+    __slots__ = ("algorithm", "model", "num_ranks", "device", "seed", "num_steps", "time_budget_s", "dataplane_plan_id", "weighthub_model", "optimizer", "policy_loss", "dapo", "vapo", "warm_start", "eval", "checkpoint", "task", "rollout", "num_threads")
     ALGORITHM_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     NUM_RANKS_FIELD_NUMBER: _ClassVar[int]
@@ -140,7 +168,6 @@ class RunConfig(_message.Message):
     SEED_FIELD_NUMBER: _ClassVar[int]
     NUM_STEPS_FIELD_NUMBER: _ClassVar[int]
     TIME_BUDGET_S_FIELD_NUMBER: _ClassVar[int]
-    MICRO_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     DATAPLANE_PLAN_ID_FIELD_NUMBER: _ClassVar[int]
     WEIGHTHUB_MODEL_FIELD_NUMBER: _ClassVar[int]
     OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
@@ -150,6 +177,9 @@ class RunConfig(_message.Message):
     WARM_START_FIELD_NUMBER: _ClassVar[int]
     EVAL_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    ROLLOUT_FIELD_NUMBER: _ClassVar[int]
+    NUM_THREADS_FIELD_NUMBER: _ClassVar[int]
     algorithm: Algorithm
     model: _common_pb2.ModelSpec
     num_ranks: int
@@ -157,7 +187,6 @@ class RunConfig(_message.Message):
     seed: int
     num_steps: int
     time_budget_s: float
-    micro_batch_size: int
     dataplane_plan_id: str
     weighthub_model: str
     optimizer: OptimizerConfig
@@ -167,7 +196,10 @@ class RunConfig(_message.Message):
     warm_start: WarmStartConfig
     eval: EvalConfig
     checkpoint: CheckpointConfig
-    def __init__(self, algorithm: _Optional[_Union[Algorithm, str]] = ..., model: _Optional[_Union[_common_pb2.ModelSpec, _Mapping]] = ..., num_ranks: _Optional[int] = ..., device: _Optional[str] = ..., seed: _Optional[int] = ..., num_steps: _Optional[int] = ..., time_budget_s: _Optional[float] = ..., micro_batch_size: _Optional[int] = ..., dataplane_plan_id: _Optional[str] = ..., weighthub_model: _Optional[str] = ..., optimizer: _Optional[_Union[OptimizerConfig, _Mapping]] = ..., policy_loss: _Optional[_Union[PolicyLossConfig, _Mapping]] = ..., dapo: _Optional[_Union[DapoConfig, _Mapping]] = ..., vapo: _Optional[_Union[VapoConfig, _Mapping]] = ..., warm_start: _Optional[_Union[WarmStartConfig, _Mapping]] = ..., eval: _Optional[_Union[EvalConfig, _Mapping]] = ..., checkpoint: _Optional[_Union[CheckpointConfig, _Mapping]] = ...) -> None: ...
+    task: TaskConfig
+    rollout: RolloutConfig
+    num_threads: int
+    def __init__(self, algorithm: _Optional[_Union[Algorithm, str]] = ..., model: _Optional[_Union[_common_pb2.ModelSpec, _Mapping]] = ..., num_ranks: _Optional[int] = ..., device: _Optional[str] = ..., seed: _Optional[int] = ..., num_steps: _Optional[int] = ..., time_budget_s: _Optional[float] = ..., dataplane_plan_id: _Optional[str] = ..., weighthub_model: _Optional[str] = ..., optimizer: _Optional[_Union[OptimizerConfig, _Mapping]] = ..., policy_loss: _Optional[_Union[PolicyLossConfig, _Mapping]] = ..., dapo: _Optional[_Union[DapoConfig, _Mapping]] = ..., vapo: _Optional[_Union[VapoConfig, _Mapping]] = ..., warm_start: _Optional[_Union[WarmStartConfig, _Mapping]] = ..., eval: _Optional[_Union[EvalConfig, _Mapping]] = ..., checkpoint: _Optional[_Union[CheckpointConfig, _Mapping]] = ..., task: _Optional[_Union[TaskConfig, _Mapping]] = ..., rollout: _Optional[_Union[RolloutConfig, _Mapping]] = ..., num_threads: _Optional[int] = ...) -> None: ...
 
 class StartRunRequest(_message.Message):
     __slots__ = ("request_id", "run_config", "run_config_text")
@@ -188,7 +220,7 @@ class StartRunResponse(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., resolved_config: _Optional[_Union[RunConfig, _Mapping]] = ...) -> None: ...
 
 class StepMetrics(_message.Message):
-    __slots__ = ("reward_mean", "policy_loss", "value_loss", "kl", "entropy", "clip_fraction", "grad_norm", "logprob_mismatch", "tokens_per_s", "samples_per_s", "step_time_s", "data_wait_s", "forward_backward_s", "optimizer_s", "publish_s")
+    __slots__ = ("reward_mean", "policy_loss", "value_loss", "kl", "entropy", "clip_fraction", "grad_norm", "logprob_mismatch", "tokens_per_s", "samples_per_s", "step_time_s", "data_wait_s", "forward_backward_s", "optimizer_s", "publish_s", "num_samples", "num_tokens", "truncated_fraction")
     REWARD_MEAN_FIELD_NUMBER: _ClassVar[int]
     POLICY_LOSS_FIELD_NUMBER: _ClassVar[int]
     VALUE_LOSS_FIELD_NUMBER: _ClassVar[int]
@@ -204,6 +236,9 @@ class StepMetrics(_message.Message):
     FORWARD_BACKWARD_S_FIELD_NUMBER: _ClassVar[int]
     OPTIMIZER_S_FIELD_NUMBER: _ClassVar[int]
     PUBLISH_S_FIELD_NUMBER: _ClassVar[int]
+    NUM_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    NUM_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FRACTION_FIELD_NUMBER: _ClassVar[int]
     reward_mean: float
     policy_loss: float
     value_loss: float
@@ -219,7 +254,10 @@ class StepMetrics(_message.Message):
     forward_backward_s: float
     optimizer_s: float
     publish_s: float
-    def __init__(self, reward_mean: _Optional[float] = ..., policy_loss: _Optional[float] = ..., value_loss: _Optional[float] = ..., kl: _Optional[float] = ..., entropy: _Optional[float] = ..., clip_fraction: _Optional[float] = ..., grad_norm: _Optional[float] = ..., logprob_mismatch: _Optional[float] = ..., tokens_per_s: _Optional[float] = ..., samples_per_s: _Optional[float] = ..., step_time_s: _Optional[float] = ..., data_wait_s: _Optional[float] = ..., forward_backward_s: _Optional[float] = ..., optimizer_s: _Optional[float] = ..., publish_s: _Optional[float] = ...) -> None: ...
+    num_samples: int
+    num_tokens: int
+    truncated_fraction: float
+    def __init__(self, reward_mean: _Optional[float] = ..., policy_loss: _Optional[float] = ..., value_loss: _Optional[float] = ..., kl: _Optional[float] = ..., entropy: _Optional[float] = ..., clip_fraction: _Optional[float] = ..., grad_norm: _Optional[float] = ..., logprob_mismatch: _Optional[float] = ..., tokens_per_s: _Optional[float] = ..., samples_per_s: _Optional[float] = ..., step_time_s: _Optional[float] = ..., data_wait_s: _Optional[float] = ..., forward_backward_s: _Optional[float] = ..., optimizer_s: _Optional[float] = ..., publish_s: _Optional[float] = ..., num_samples: _Optional[int] = ..., num_tokens: _Optional[int] = ..., truncated_fraction: _Optional[float] = ...) -> None: ...
 
 class EvalResult(_message.Message):
     __slots__ = ("step", "evaluated_at", "accuracy", "num_prompts")
@@ -234,7 +272,7 @@ class EvalResult(_message.Message):
     def __init__(self, step: _Optional[int] = ..., evaluated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., accuracy: _Optional[float] = ..., num_prompts: _Optional[int] = ...) -> None: ...
 
 class Run(_message.Message):
-    __slots__ = ("run_id", "state", "config", "step", "published_version", "started_at", "updated_at", "latest_step", "evals", "failure_reason")
+    __slots__ = ("run_id", "state", "config", "step", "published_version", "started_at", "updated_at", "latest_step", "evals", "failure_reason", "num_skipped_steps", "last_skip_reason", "last_checkpoint")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     CONFIG_FIELD_NUMBER: _ClassVar[int]
@@ -245,6 +283,9 @@ class Run(_message.Message):
     LATEST_STEP_FIELD_NUMBER: _ClassVar[int]
     EVALS_FIELD_NUMBER: _ClassVar[int]
     FAILURE_REASON_FIELD_NUMBER: _ClassVar[int]
+    NUM_SKIPPED_STEPS_FIELD_NUMBER: _ClassVar[int]
+    LAST_SKIP_REASON_FIELD_NUMBER: _ClassVar[int]
+    LAST_CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     state: RunState
     config: RunConfig
@@ -255,7 +296,10 @@ class Run(_message.Message):
     latest_step: StepMetrics
     evals: _containers.RepeatedCompositeFieldContainer[EvalResult]
     failure_reason: str
-    def __init__(self, run_id: _Optional[str] = ..., state: _Optional[_Union[RunState, str]] = ..., config: _Optional[_Union[RunConfig, _Mapping]] = ..., step: _Optional[int] = ..., published_version: _Optional[int] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., latest_step: _Optional[_Union[StepMetrics, _Mapping]] = ..., evals: _Optional[_Iterable[_Union[EvalResult, _Mapping]]] = ..., failure_reason: _Optional[str] = ...) -> None: ...
+    num_skipped_steps: int
+    last_skip_reason: str
+    last_checkpoint: str
+    def __init__(self, run_id: _Optional[str] = ..., state: _Optional[_Union[RunState, str]] = ..., config: _Optional[_Union[RunConfig, _Mapping]] = ..., step: _Optional[int] = ..., published_version: _Optional[int] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., latest_step: _Optional[_Union[StepMetrics, _Mapping]] = ..., evals: _Optional[_Iterable[_Union[EvalResult, _Mapping]]] = ..., failure_reason: _Optional[str] = ..., num_skipped_steps: _Optional[int] = ..., last_skip_reason: _Optional[str] = ..., last_checkpoint: _Optional[str] = ...) -> None: ...
 
 class GetRunRequest(_message.Message):
     __slots__ = ("run_id",)

@@ -1,0 +1,810 @@
+"""The training loop of one rank: warm start, RL steps, evaluation, checkpoints, publishing.
+
+Every rank runs the same ``Engine``; ``Comm`` hides torch.distributed (world 1: no process group).
+Gradients are summed over ranks after each rank scaled its loss by the *global* token or sample count,
+so an update is the same for any number of ranks. A non-finite loss or gradient norm is found after
+the all-reduce and before the optimiser step; every rank then skips the step together and it is
+reported, never applied.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import torch.distributed as dist
+
+from services.common.errors import FailedPrecondition, InvalidArgument
+from services.trainer import algorithms as alg
+from services.trainer import task as tasks
+from services.trainer.generate import sample
+from services.trainer.model import CharTokenizer, ValueModel, build_model, load_tokenizer
+from services.trainer.spec import RunSpec
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = 1
+DYNAMIC_SAMPLING_MAX_ROUNDS = 4
+
+
+@dataclass
+class TrainSample:
+    """One scored completion to learn from."""
+
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    behaviour_logprobs: list[float]
+    """Log-probability of each completion token under the policy that sampled it."""
+    reward: float
+    """Verifier score in [0, 1]."""
+    group_id: str
+    finished: bool = True
+    """False when generation hit the token limit (what overlong shaping looks at)."""
+    group_mean: float | None = None
+    """Mean reward of the sample's whole group, when the group may be split across ranks (data plane)."""
+    group_std: float | None = None
+    """Population std of the group's rewards, with ``group_mean``."""
+    version: int = 0
+    """Oldest weight version that produced a token of it."""
+
+
+def check_samples(samples: Sequence[TrainSample]) -> None:
+    """InvalidArgument naming the sample and field of a malformed sample."""
+    for i, s in enumerate(samples):
+        if not s.completion_ids:
+            raise InvalidArgument(f"samples[{i}].completion_token_ids: empty (group {s.group_id})")
+        if not s.prompt_ids:
+            raise InvalidArgument(f"samples[{i}].prompt_token_ids: empty (group {s.group_id})")
+        if len(s.behaviour_logprobs) != len(s.completion_ids):
+            raise InvalidArgument(
+                f"samples[{i}].behaviour_logprobs: {len(s.behaviour_logprobs)} log-probs for "
+                f"{len(s.completion_ids)} completion tokens (group {s.group_id})"
+            )
+        if not math.isfinite(s.reward) or not 0.0 <= s.reward <= 1.0:
+            raise InvalidArgument(f"samples[{i}].reward={s.reward}: must be finite and in [0, 1] (group {s.group_id})")
+        if not all(math.isfinite(x) and x <= 1e-4 for x in s.behaviour_logprobs):
+            raise InvalidArgument(f"samples[{i}].behaviour_logprobs: not all finite and <= 0 (group {s.group_id})")
+
+
+class Reporter(Protocol):
+    """Where rank 0 reports progress (the status file of a run, or a list in a test)."""
+
+    def state(self, state: str, reason: str = "") -> None: ...
+    def step(self, step: int, metrics: dict[str, float]) -> None: ...
+    def evaluation(self, step: int, accuracy: float, num_prompts: int) -> None: ...
+    def skipped(self, step: int, reason: str) -> None: ...
+    def published(self, version: int) -> None: ...
+    def checkpointed(self, path: str) -> None: ...
+
+
+class NullReporter:
+    """Reports nothing (ranks other than 0)."""
+
+    def state(self, state: str, reason: str = "") -> None:
+        pass
+
+    def step(self, step: int, metrics: dict[str, float]) -> None:
+        pass
+
+    def evaluation(self, step: int, accuracy: float, num_prompts: int) -> None:
+        pass
+
+    def skipped(self, step: int, reason: str) -> None:
+        pass
+
+    def published(self, version: int) -> None:
+        pass
+
+    def checkpointed(self, path: str) -> None:
+        pass
+
+
+class Comm:
+    """This rank's view of the process group; every collective is a no-op for a world of one."""
+
+    def __init__(self, rank: int = 0, world: int = 1) -> None:
+        self.rank = rank
+        self.world = world
+
+    @classmethod
+    def from_env(cls) -> Comm:
+        """The process group torchrun set up (RANK / WORLD_SIZE), or a world of one."""
+        if dist.is_available() and dist.is_initialized():
+            return cls(dist.get_rank(), dist.get_world_size())
+        return cls()
+
+    def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
+        """All-reduce (sum) in place."""
+        if self.world > 1:
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor
+
+    def sum_floats(self, values: Sequence[float]) -> list[float]:
+        """Sum each number over ranks."""
+        t = torch.tensor(list(values), dtype=torch.float64)
+        return self.sum_(t).tolist()  # type: ignore[no-any-return]
+
+    def broadcast_flags(self, flags: Sequence[int]) -> list[int]:
+        """Rank 0's flags on every rank."""
+        t = torch.tensor(list(flags), dtype=torch.int64)
+        if self.world > 1:
+            dist.broadcast(t, src=0)
+        return [int(x) for x in t.tolist()]
+
+    def gather_objects(self, obj: Any) -> list[Any]:
+        """Every rank's object, in rank order."""
+        if self.world == 1:
+            return [obj]
+        out: list[Any] = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
+    def barrier(self) -> None:
+        """Wait for every rank."""
+        if self.world > 1:
+            dist.barrier()
+
+
+class WeightSink(Protocol):
+    """Where each new version goes (the weight hub's Publisher)."""
+
+    def publish(self, version: int, tensors: dict[str, torch.Tensor]) -> None: ...
+
+
+class SampleFeed(Protocol):
+    """Where RL samples come from when not generated by the rank itself (the data plane)."""
+
+    def collect(self, engine: Engine, step: int) -> list[TrainSample]: ...
+    def checkpoint(self, step: int) -> None: ...
+    def restore(self, step: int, num_ranks: int) -> None: ...
+
+
+@dataclass
+class Control:
+    """What rank 0 consults between steps: a stop request (file) and the time budget."""
+
+    stop_file: Path | None = None
+    deadline: float | None = None
+
+    def requested(self) -> tuple[int, int, int]:
+        """(stop, save a checkpoint first, stopped by request rather than by the time budget) as 0/1."""
+        if self.stop_file is not None and self.stop_file.exists():
+            try:
+                data = json.loads(self.stop_file.read_text() or "{}")
+            except ValueError:
+                data = {}
+            return 1, int(bool(data.get("save_checkpoint", False))), 1
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            return 1, 0, 0
+        return 0, 0, 0
+
+
+def _seeded(*parts: object) -> torch.Generator:
+    g = torch.Generator()
+    g.manual_seed(zlib.crc32(":".join(map(str, parts)).encode()))
+    return g
+
+
+@dataclass
+class _Batch:
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    positions: torch.Tensor
+    """(B, T) logit position predicting each completion token."""
+    targets: torch.Tensor
+    mask: torch.Tensor
+    behaviour: torch.Tensor
+
+
+def _collate(samples: Sequence[TrainSample], pad_id: int, device: torch.device) -> _Batch:
+    width = max(len(s.prompt_ids) + len(s.completion_ids) for s in samples)
+    tmax = max(len(s.completion_ids) for s in samples)
+    b = len(samples)
+    ids = torch.full((b, width), pad_id, dtype=torch.long)
+    attn = torch.zeros((b, width), dtype=torch.long)
+    pos = torch.zeros((b, tmax), dtype=torch.long)
+    tgt = torch.full((b, tmax), pad_id, dtype=torch.long)
+    mask = torch.zeros((b, tmax))
+    beh = torch.zeros((b, tmax))
+    for i, s in enumerate(samples):
+        seq = list(s.prompt_ids) + list(s.completion_ids)
+        ids[i, : len(seq)] = torch.tensor(seq)
+        attn[i, : len(seq)] = 1
+        n = len(s.completion_ids)
+        pos[i, :n] = torch.arange(len(s.prompt_ids) - 1, len(s.prompt_ids) - 1 + n)
+        tgt[i, :n] = torch.tensor(s.completion_ids)
+        mask[i, :n] = 1.0
+        beh[i, :n] = torch.tensor(s.behaviour_logprobs)
+    return _Batch(ids.to(device), attn.to(device), pos.to(device), tgt.to(device), mask.to(device), beh.to(device))
+
+
+def _gather_logits(logits: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    rows = torch.arange(logits.shape[0], device=logits.device)[:, None]
+    return logits[rows, positions]
+
+
+@dataclass
+class StepTimes:
+    data_wait_s: float = 0.0
+    forward_backward_s: float = 0.0
+    optimizer_s: float = 0.0
+    publish_s: float = 0.0
+
+
+@dataclass
+class Engine:
+    """Model, optimisers and the loop of one rank."""
+
+    spec: RunSpec
+    comm: Comm = field(default_factory=Comm)
+    reporter: Reporter = field(default_factory=NullReporter)
+    sink: WeightSink | None = None
+    feed: SampleFeed | None = None
+    checkpoint_dir: Path | None = None
+
+    def __post_init__(self) -> None:
+        spec = self.spec
+        self.device = (
+            torch.device("cuda", torch.cuda.current_device()) if spec.device == "cuda" else torch.device("cpu")
+        )
+        self.tokenizer: CharTokenizer = load_tokenizer(spec.model.tokenizer)
+        self.model = build_model(spec.model.config_json, spec.model.checkpoint_path, seed=spec.seed).to(self.device)
+        self.task = tasks.TaskSpec(
+            num_terms=spec.task.num_terms,
+            max_value=spec.task.max_value,
+            ops=spec.task.ops,
+            num_warm_start=spec.task.num_warm_start,
+            num_eval=spec.task.num_eval,
+            seed=spec.seed,
+        )
+        self.warm_set = tasks.warm_start_set(self.task)
+        self.optimizer = self._adamw(self.model.parameters(), spec.optimizer.learning_rate)
+        self.value_model: ValueModel | None = None
+        self.value_optimizer: torch.optim.Optimizer | None = None
+        if spec.algorithm == "vapo":
+            self.value_model = ValueModel(spec.model.config_json, seed=spec.seed).to(self.device)
+            self.value_optimizer = self._adamw(self.value_model.parameters(), spec.vapo.value_learning_rate)
+        self.reference: torch.nn.Module | None = None
+        self.step = 0
+        """RL steps done."""
+        self.version = 0
+        """Latest weight version published (0: none yet)."""
+        self.prompt_cursor = 0
+        """Global count of RL prompts drawn: the data cursor of colocated generation."""
+        self.sft_cursor = 0
+        """Supervised steps done (warm start and continued SFT)."""
+        self.warm_started = False
+        self.num_skipped = 0
+        self.times = StepTimes()
+
+    # ----- building blocks -----
+
+    def _adamw(self, params: Any, lr: float) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(params, lr=lr, weight_decay=self.spec.optimizer.weight_decay, betas=(0.9, 0.99))
+
+    def _lr_scale(self, step: int) -> float:
+        warmup = self.spec.optimizer.warmup_steps
+        return min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
+
+    def _sync_grads(self, params: list[torch.nn.Parameter]) -> None:
+        if self.comm.world == 1:
+            return
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        self.comm.sum_(flat)
+        offset = 0
+        for p in params:
+            n = p.numel()
+            p.grad = flat[offset : offset + n].view_as(p).clone()
+            offset += n
+
+    def _finite_step(
+        self, optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter], loss_value: float, what: str
+    ) -> tuple[bool, float, str]:
+        """All-reduce gradients, check loss and norm on every rank, then step; (applied, grad norm, reason)."""
+        self._sync_grads(params)
+        grads = [p.grad for p in params if p.grad is not None]
+        norm = float(torch.norm(torch.stack([g.detach().float().norm() for g in grads]))) if grads else 0.0
+        bad_local = 0.0 if math.isfinite(loss_value) else 1.0
+        bad = self.comm.sum_floats([bad_local, 0.0 if math.isfinite(norm) else 1.0])
+        if bad[0] or bad[1]:
+            optimizer.zero_grad(set_to_none=True)
+            loss_text = "NaN/inf" if bad[0] else "finite"
+            reason = f"non-finite {what} (loss {loss_text}, grad norm {norm}) before the optimizer step; step skipped"
+            return False, norm, reason
+        if self.spec.optimizer.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(params, self.spec.optimizer.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return True, norm, ""
+
+    def _completion_logits(self, model: torch.nn.Module, batch: _Batch) -> torch.Tensor:
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        return _gather_logits(logits, batch.positions).float()
+
+    # ----- supervised -----
+
+    def sft_step(self, optimizer: torch.optim.Optimizer, batch_size: int) -> float:
+        """One supervised step on the warm-start set's worked answers; returns the global mean token loss."""
+        rng = random.Random(zlib.crc32(f"{self.spec.seed}:sft:{self.sft_cursor}".encode()))
+        picks = [rng.randrange(len(self.warm_set)) for _ in range(batch_size)]
+        mine = picks[self.comm.rank :: self.comm.world]
+        samples = [
+            TrainSample(
+                prompt_ids=self.tokenizer.encode(p.prompt),
+                completion_ids=self.tokenizer.encode(p.worked_answer + "\n"),
+                behaviour_logprobs=[],
+                reward=1.0,
+                group_id="sft",
+            )
+            for p in (self.warm_set[i] for i in mine)
+        ]
+        for s in samples:
+            s.behaviour_logprobs = [0.0] * len(s.completion_ids)
+        batch = _collate(samples, self.tokenizer.pad_id, self.device)
+        num_tokens = self.comm.sum_floats([float(batch.mask.sum())])[0]
+        self.model.train()
+        logp = torch.log_softmax(self._completion_logits(self.model, batch), dim=-1)
+        nll = -logp.gather(-1, batch.targets[..., None]).squeeze(-1) * batch.mask
+        loss = nll.sum() / num_tokens
+        loss.backward()
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        total = self.comm.sum_floats([loss.item()])[0]
+        applied, _, reason = self._finite_step(optimizer, params, total, "supervised loss")
+        if not applied:
+            self.num_skipped += 1
+            self.reporter.skipped(self.step, reason)
+        self.sft_cursor += 1
+        return total
+
+    def warm_start(self, num_steps: int | None = None, time_budget_s: float | None = None) -> int:
+        """The supervised stage (or more of it): ``num_steps`` steps or until ``time_budget_s``; returns steps."""
+        ws = self.spec.warm_start
+        optimizer = self._adamw(self.model.parameters(), ws.learning_rate)
+        steps = ws.num_steps if num_steps is None else num_steps
+        deadline = None if time_budget_s is None else time.monotonic() + time_budget_s
+        done = 0
+        while done < steps:
+            if deadline is not None and self.comm.broadcast_flags([int(time.monotonic() >= deadline)])[0]:
+                break
+            self.sft_step(optimizer, ws.batch_size)
+            done += 1
+        self.warm_started = True
+        return done
+
+    # ----- evaluation -----
+
+    def eval_problems(self) -> list[tuple[str, str]]:
+        """(prompt, reference) of the held-out set."""
+        e = self.spec.eval
+        if e.path:
+            out = []
+            with open(e.path) as f:
+                for n, line in enumerate(f, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        rec = json.loads(line)
+                        out.append((str(rec["prompt"]), str(rec["reference"])))
+                    except (ValueError, KeyError, TypeError) as exc:
+                        raise InvalidArgument(f"eval.path={e.path!r}: line {n}: {exc}") from None
+        else:
+            out = [(p.prompt, str(p.answer)) for p in tasks.eval_set(self.task)]
+        return out[: e.num_prompts] if e.num_prompts else out
+
+    def evaluate(self) -> tuple[float, int]:
+        """Greedy held-out accuracy over every rank's slice; (accuracy, prompts)."""
+        problems = self.eval_problems()
+        mine = problems[self.comm.rank :: self.comm.world]
+        correct = 0
+        self.model.eval()
+        for start in range(0, len(mine), 256):
+            chunk = mine[start : start + 256]
+            gen = sample(
+                self.model,
+                [self.tokenizer.encode(p) for p, _ in chunk],
+                max_new_tokens=self.spec.eval.max_new_tokens,
+                eos_id=self.tokenizer.eos_id,
+                pad_id=self.tokenizer.pad_id,
+                greedy=True,
+                device=self.device,
+            )
+            for (prompt, ref), toks in zip(chunk, gen.tokens, strict=True):
+                correct += int(tasks.verify(prompt, self.tokenizer.decode(toks), ref) == 1.0)
+        total_correct, total = self.comm.sum_floats([float(correct), float(len(mine))])
+        return (total_correct / total if total else 0.0), int(total)
+
+    # ----- RL -----
+
+    def generate_groups(
+        self,
+        prompt_texts: Sequence[str],
+        group_ids: Sequence[str],
+        references: Sequence[str],
+        group_size: int,
+        generator: torch.Generator,
+    ) -> list[TrainSample]:
+        """``group_size`` scored samples per prompt from the current policy."""
+        r = self.spec.rollout
+        prompt_ids = [self.tokenizer.encode(t) for t in prompt_texts]
+        expanded = [ids for ids in prompt_ids for _ in range(group_size)]
+        self.model.eval()
+        gen = sample(
+            self.model,
+            expanded,
+            max_new_tokens=r.max_new_tokens,
+            eos_id=self.tokenizer.eos_id,
+            pad_id=self.tokenizer.pad_id,
+            temperature=r.temperature,
+            generator=generator,
+            device=self.device,
+        )
+        out = []
+        for k, (toks, lps, fin) in enumerate(zip(gen.tokens, gen.logprobs, gen.finished, strict=True)):
+            g = k // group_size
+            if not toks:
+                continue
+            reward = tasks.verify(prompt_texts[g], self.tokenizer.decode(toks), references[g])
+            out.append(TrainSample(prompt_ids[g], toks, lps, reward, group_ids[g], finished=fin, version=self.version))
+        return out
+
+    def collect_colocated(self, step: int) -> list[TrainSample]:
+        """This rank's share of a step's samples, generated here; DAPO's dynamic sampling draws more prompts
+        (all ranks together) while fewer than ``prompts_per_step`` groups carry a signal."""
+        r = self.spec.rollout
+        per_rank = r.prompts_per_step // self.comm.world
+        dynamic = self.spec.algorithm == "dapo" and self.spec.dapo.dynamic_sampling
+        kept: list[TrainSample] = []
+        num_groups = 0.0
+        for round_no in range(DYNAMIC_SAMPLING_MAX_ROUNDS if dynamic else 1):
+            base = self.prompt_cursor + self.comm.rank * per_rank
+            indexes = list(range(base, base + per_rank))
+            self.prompt_cursor += r.prompts_per_step
+            texts = [tasks.rl_prompt(self.task, i) for i in indexes]
+            samples = self.generate_groups(
+                texts,
+                [f"rl/{i}" for i in indexes],
+                [""] * len(texts),
+                r.group_size,
+                _seeded(self.spec.seed, "rollout", step, round_no, self.comm.rank),
+            )
+            if dynamic:
+                by_group: dict[str, list[TrainSample]] = {}
+                for s in samples:
+                    by_group.setdefault(s.group_id, []).append(s)
+                samples = [s for g in by_group.values() if len({x.reward for x in g}) > 1 for s in g]
+            kept += samples
+            num_groups = self.comm.sum_floats([float(len({s.group_id for s in kept}))])[0]
+            if num_groups >= r.prompts_per_step:
+                break
+        return kept
+
+    def rl_step(self) -> dict[str, float]:
+        """Collect a batch, compute the loss, check it, step; returns the step's metrics."""
+        t0 = time.monotonic()
+        samples = self.feed.collect(self, self.step) if self.feed is not None else self.collect_colocated(self.step)
+        check_samples(samples)
+        t1 = time.monotonic()
+        metrics = self.train_on(samples)
+        metrics["data_wait_s"] = t1 - t0
+        metrics["step_time_s"] = time.monotonic() - t0
+        num_tokens, num_samples = metrics["num_tokens"], metrics["num_samples"]
+        metrics["tokens_per_s"] = num_tokens / metrics["step_time_s"]
+        metrics["samples_per_s"] = num_samples / metrics["step_time_s"]
+        return metrics
+
+    def _rewards(self, samples: Sequence[TrainSample]) -> torch.Tensor:
+        rewards = torch.tensor([s.reward for s in samples], dtype=torch.float32)
+        if self.spec.algorithm == "dapo" and samples:
+            d = self.spec.dapo
+            lengths = torch.tensor([len(s.completion_ids) + (0 if s.finished else 1) for s in samples])
+            rewards = rewards + alg.overlong_penalty(
+                lengths, d.max_completion_tokens, d.overlong_buffer_tokens, d.overlong_penalty
+            )
+        return rewards
+
+    def _advantages(self, samples: Sequence[TrainSample], rewards: torch.Tensor) -> torch.Tensor:
+        if all(s.group_mean is not None for s in samples):
+            means = torch.tensor([float(s.group_mean) for s in samples])  # type: ignore[arg-type]
+            stds = torch.tensor([float(s.group_std or 0.0) for s in samples])
+            return alg.advantages_from_group_stats(rewards, means, stds)
+        return alg.grpo_advantages(rewards, [s.group_id for s in samples])
+
+    def train_on(self, samples: Sequence[TrainSample]) -> dict[str, float]:
+        """One RL optimiser step on this rank's share (possibly empty) of the global batch."""
+        spec, pl = self.spec, self.spec.policy_loss
+        algorithm = spec.algorithm
+        token_level = pl.token_level_loss or algorithm in ("dapo", "vapo")
+        n_tok_local = float(sum(len(s.completion_ids) for s in samples))
+        n_tok, n_smp = self.comm.sum_floats([n_tok_local, float(len(samples))])
+        denominator = max(n_tok if token_level else n_smp, 1.0)
+        pretraining_value = algorithm == "vapo" and self.step < spec.vapo.value_pretrain_steps
+        stats = torch.zeros(10, dtype=torch.float64)  # sums: reward, pg, value, kl, ent, clip, mismatch, tokens
+        t_fb = time.monotonic()
+        loss_total = torch.zeros(())
+        if samples:
+            self.model.train()
+            batch = _collate(samples, self.tokenizer.pad_id, self.device)
+            rewards = self._rewards(samples).to(self.device)
+            logits = self._completion_logits(self.model, batch)
+            logp_all = torch.log_softmax(logits, dim=-1)
+            logp = logp_all.gather(-1, batch.targets[..., None]).squeeze(-1)
+            proximal = logp.detach()
+            mask = batch.mask
+            weights = alg.truncated_importance_weights(proximal, batch.behaviour, pl.max_importance_weight)
+            value_loss = torch.zeros(())
+            if algorithm == "vapo":
+                assert self.value_model is not None
+                v = spec.vapo
+                self.value_model.train()
+                values = _gather_logits(
+                    self.value_model(batch.input_ids, batch.attention_mask)[..., None], batch.positions
+                ).squeeze(-1)
+                lengths = mask.sum(dim=1)
+                token_rewards = torch.zeros_like(mask)
+                token_rewards[torch.arange(len(samples)), (lengths - 1).long()] = rewards
+                _, returns = alg.gae(token_rewards, values.detach(), mask, v.discount, v.gae_lambda_critic)
+                lam = (
+                    alg.length_adaptive_lambda(lengths, v.length_adaptive_alpha)
+                    if v.length_adaptive_alpha > 0
+                    else torch.full_like(lengths, v.gae_lambda_policy)
+                )
+                advantages, _ = alg.gae(token_rewards, values.detach(), mask, v.discount, lam)
+                value_loss = alg.aggregate(0.5 * (values - returns) ** 2 * mask, mask, True, max(n_tok, 1.0))
+            else:
+                advantages = self._advantages(samples, rewards).to(self.device)
+            terms = alg.clipped_policy_loss(
+                logp, proximal, advantages, mask, pl.clip_epsilon_low, pl.clip_epsilon_high, weights
+            )
+            pg_loss = alg.aggregate(terms.loss, mask, token_level, denominator)
+            entropy = alg.entropy_from_logits(logits) * mask
+            loss = pg_loss
+            if pl.entropy_coef:
+                loss = loss - pl.entropy_coef * alg.aggregate(entropy, mask, token_level, denominator)
+            kl_sum = 0.0
+            if pl.kl_coef and self.reference is not None:
+                with torch.no_grad():
+                    ref_logp = torch.log_softmax(self._completion_logits(self.reference, batch), -1)
+                    ref_logp = ref_logp.gather(-1, batch.targets[..., None]).squeeze(-1)
+                kl = alg.kl_k3(logp, ref_logp) * mask
+                loss = loss + pl.kl_coef * alg.aggregate(kl, mask, token_level, denominator)
+                kl_sum = float(kl.sum())
+            if algorithm == "vapo" and spec.vapo.positive_lm_loss_coef:
+                lm = alg.positive_lm_loss(logp, mask, torch.tensor([s.reward for s in samples]))
+                loss = loss + spec.vapo.positive_lm_loss_coef * alg.aggregate(lm, mask, True, max(n_tok, 1.0))
+            if pretraining_value:
+                loss = loss * 0.0
+            (loss + value_loss).backward()
+            loss_total = loss.detach() + value_loss.detach()
+            stats += torch.tensor(
+                [
+                    float(torch.tensor([s.reward for s in samples]).sum()),
+                    pg_loss.item(),
+                    value_loss.item(),
+                    kl_sum,
+                    float(entropy.detach().sum()),
+                    float(terms.clipped.sum()),
+                    float(((proximal - batch.behaviour).abs() * mask).sum()),
+                    n_tok_local,
+                    float(len(samples)),
+                    float(sum(int(not s.finished) for s in samples)),
+                ],
+                dtype=torch.float64,
+            )
+        sums = self.comm.sum_(stats)
+        loss_value = self.comm.sum_floats([float(loss_total)])[0]
+        self.times.forward_backward_s = time.monotonic() - t_fb
+        t_opt = time.monotonic()
+        policy_params = [p for p in self.model.parameters() if p.requires_grad]
+        norm = 0.0
+        applied = True
+        reason = ""
+        if self.value_model is not None and self.value_optimizer is not None:
+            vparams = list(self.value_model.parameters())
+            applied, _, reason = self._finite_step(self.value_optimizer, vparams, loss_value, "value loss")
+        if applied and not pretraining_value:
+            for group in self.optimizer.param_groups:
+                group["lr"] = spec.optimizer.learning_rate * self._lr_scale(self.step)
+            applied, norm, reason = self._finite_step(self.optimizer, policy_params, loss_value, "policy loss")
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+        self.times.optimizer_s = time.monotonic() - t_opt
+        if not applied:
+            self.num_skipped += 1
+            self.reporter.skipped(self.step, reason)
+        tokens = max(float(sums[7]), 1.0)
+        return {
+            "reward_mean": float(sums[0]) / max(float(sums[8]), 1.0),
+            "policy_loss": float(sums[1]),
+            "value_loss": float(sums[2]),
+            "kl": float(sums[3]) / tokens,
+            "entropy": float(sums[4]) / tokens,
+            "clip_fraction": float(sums[5]) / tokens,
+            "logprob_mismatch": float(sums[6]) / tokens,
+            "grad_norm": norm,
+            "num_tokens": float(sums[7]),
+            "num_samples": float(sums[8]),
+            "truncated_fraction": float(sums[9]) / max(float(sums[8]), 1.0),
+            "forward_backward_s": self.times.forward_backward_s,
+            "optimizer_s": self.times.optimizer_s,
+            "applied": float(applied),
+        }
+
+    # ----- versions, checkpoints -----
+
+    def publish(self) -> float:
+        """Hand the next version to the sink (publishing moves no bytes); returns the seconds it took."""
+        self.version += 1
+        self.reporter.published(self.version)
+        if self.sink is None:
+            return 0.0
+        t0 = time.monotonic()
+        names = sorted(self.model.state_dict())
+        mine = names[self.comm.rank :: self.comm.world]
+        state = self.model.state_dict()
+        self.sink.publish(self.version, {n: state[n].detach() for n in mine})
+        return time.monotonic() - t0
+
+    def save_checkpoint(self, path: Path) -> Path:
+        """Model, optimisers, every rank's RNG state and the data cursors, written by rank 0."""
+        rng = self.comm.gather_objects({"torch": torch.get_rng_state(), "python": random.getstate()})
+        if self.feed is not None:
+            self.feed.checkpoint(self.step)
+        if self.comm.rank == 0:
+            state = {
+                "format": CHECKPOINT_FORMAT,
+                "model_config": self.model.config.to_dict(),  # type: ignore[union-attr,operator]
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "value_model": self.value_model.state_dict() if self.value_model is not None else None,
+                "value_optimizer": self.value_optimizer.state_dict() if self.value_optimizer is not None else None,
+                "reference": self.reference.state_dict() if self.reference is not None else None,
+                "step": self.step,
+                "version": self.version,
+                "prompt_cursor": self.prompt_cursor,
+                "sft_cursor": self.sft_cursor,
+                "warm_started": self.warm_started,
+                "num_ranks": self.comm.world,
+                "algorithm": self.spec.algorithm,
+                "rng": rng,
+            }
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            torch.save(state, tmp)
+            os.replace(tmp, path)
+            self.reporter.checkpointed(str(path))
+        self.comm.barrier()
+        return path
+
+    def load_checkpoint(self, path: Path) -> None:
+        """Resume from ``path`` (written with any number of ranks); InvalidArgument when it does not fit."""
+        where = f"checkpoint.resume_from={str(path)!r}"
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as exc:  # torch.load raises many kinds for a file that is not a checkpoint
+            raise InvalidArgument(f"{where}: cannot read: {type(exc).__name__}: {exc}") from None
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+            raise InvalidArgument(f"{where}: not a trainer checkpoint (format {CHECKPOINT_FORMAT})")
+        _check_state(where, "model", self.model.state_dict(), state["model"])
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.value_model is not None:
+            if state.get("value_model") is None:
+                raise InvalidArgument(f"{where}: has no value model, which algorithm=vapo needs")
+            _check_state(where, "value_model", self.value_model.state_dict(), state["value_model"])
+            self.value_model.load_state_dict(state["value_model"])
+            assert self.value_optimizer is not None
+            self.value_optimizer.load_state_dict(state["value_optimizer"])
+        if state.get("reference") is not None:
+            self.reference = build_model(self.spec.model.config_json, self.spec.model.checkpoint_path).to(self.device)
+            self.reference.load_state_dict(state["reference"])
+            self.reference.requires_grad_(False)
+        self.step, self.version = int(state["step"]), int(state["version"])
+        self.prompt_cursor, self.sft_cursor = int(state["prompt_cursor"]), int(state["sft_cursor"])
+        self.warm_started = bool(state["warm_started"])
+        rng = state["rng"][self.comm.rank] if self.comm.rank < len(state["rng"]) else state["rng"][0]
+        torch.set_rng_state(rng["torch"])
+        random.setstate(rng["python"])
+        if self.feed is not None:
+            self.feed.restore(self.step, self.comm.world)
+
+    def freeze_reference(self) -> None:
+        """Keep the current (warm-started) weights as the KL reference."""
+        if self.spec.policy_loss.kl_coef > 0 and self.reference is None:
+            self.reference = build_model(self.spec.model.config_json, self.spec.model.checkpoint_path).to(self.device)
+            self.reference.load_state_dict(self.model.state_dict())
+            self.reference.requires_grad_(False)
+
+    # ----- the whole run -----
+
+    def run(
+        self, control: Control | None = None, on_step: Callable[[int, dict[str, float]], None] | None = None
+    ) -> str:
+        """Warm start (unless resumed), then RL to num_steps / the budget / a stop; returns the end state."""
+        spec = self.spec
+        control = control or Control()
+        if spec.checkpoint.resume_from:
+            self.load_checkpoint(Path(spec.checkpoint.resume_from))
+        if not self.warm_started and spec.warm_start.num_steps > 0:
+            self.reporter.state("WARM_START")
+            self.warm_start()
+        self.warm_started = True
+        self.freeze_reference()
+        if self.version == 0:
+            self.publish()
+        self._evaluate_and_report()
+        self.reporter.state("TRAINING")
+        if spec.time_budget_s > 0 and control.deadline is None:
+            control.deadline = time.monotonic() + spec.time_budget_s
+        end_state, save = "COMPLETED", False
+        last_eval = self.step
+        while self.step < spec.num_steps:
+            stop, save_flag, by_request = self.comm.broadcast_flags(
+                control.requested() if self.comm.rank == 0 else (0, 0, 0)
+            )
+            if stop:
+                save = bool(save_flag)
+                if by_request:
+                    end_state = "STOPPED"
+                    self.reporter.state("STOPPING")
+                break
+            metrics = self.rl_step()
+            self.step += 1
+            if metrics["applied"]:
+                metrics["publish_s"] = self.publish()
+            else:
+                metrics["publish_s"] = 0.0
+            self.reporter.step(self.step, metrics)
+            if on_step is not None:
+                on_step(self.step, metrics)
+            if spec.checkpoint.every_steps and self.step % spec.checkpoint.every_steps == 0:
+                self.save_checkpoint(self.checkpoint_path(self.step))
+            if spec.eval.every_steps and self.step % spec.eval.every_steps == 0:
+                self._evaluate_and_report()
+                last_eval = self.step
+        if last_eval != self.step:
+            self._evaluate_and_report()
+        if (save or end_state == "COMPLETED") and self.checkpoint_dir is not None:
+            self.save_checkpoint(self.checkpoint_path(self.step))
+        self.reporter.state(end_state)
+        return end_state
+
+    def checkpoint_path(self, step: int) -> Path:
+        """Where the checkpoint of ``step`` goes."""
+        if self.checkpoint_dir is None:
+            raise FailedPrecondition("no checkpoint directory configured")
+        return self.checkpoint_dir / f"step-{step:06d}.pt"
+
+    def _evaluate_and_report(self) -> float:
+        accuracy, n = self.evaluate()
+        self.reporter.evaluation(self.step, accuracy, n)
+        return accuracy
+
+
+def _check_state(where: str, what: str, expected: dict[str, torch.Tensor], got: Any) -> None:
+    if not isinstance(got, dict):
+        raise InvalidArgument(f"{where}: {what} is not a state dict")
+    missing = sorted(set(expected) - set(got))
+    extra = sorted(set(got) - set(expected))
+    if missing or extra:
+        name = (missing or extra)[0]
+        raise InvalidArgument(
+            f"{where}: {what} does not match the model: tensor {name!r} is "
+            f"{'missing from the checkpoint' if missing else 'not in the model'}"
+        )
+    for name, tensor in expected.items():
+        if tuple(got[name].shape) != tuple(tensor.shape):
+            raise InvalidArgument(
+                f"{where}: {what} does not match the model: tensor {name!r} has shape "
+                f"{tuple(got[name].shape)} in the checkpoint, {tuple(tensor.shape)} in the model"
+            )

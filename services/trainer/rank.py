@@ -1,0 +1,75 @@
+"""One training rank: ``torchrun --nproc-per-node N -m services.trainer.rank --spec FILE --run-dir DIR``.
+
+The trainer service launches exactly this through torch.distributed's elastic launcher; cluster users
+run it with plain ``torchrun`` (any rendezvous). The spec is the run config as JSON or YAML (the
+fields of ``services.trainer.spec.RunSpec``). Rank 0 writes ``DIR/status.json``; creating ``DIR/stop``
+(``{"save_checkpoint": true}``) ends the run after the current step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import traceback
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import yaml
+
+from services.common.logs import init_logging
+from services.trainer.engine import Comm, Control, Engine, NullReporter, Reporter
+from services.trainer.remote import connect_feed, connect_sink
+from services.trainer.spec import RunSpec
+from services.trainer.status import STOP_FILE, StatusFile
+
+logger = logging.getLogger(__name__)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run this rank to the end of the run; exit status 0 when it completed or was stopped."""
+    parser = argparse.ArgumentParser(prog="python -m services.trainer.rank", description=__doc__)
+    parser.add_argument("--spec", type=Path, required=True, help="run config (JSON or YAML)")
+    parser.add_argument("--run-dir", type=Path, required=True, help="status, stop file and default checkpoints")
+    args = parser.parse_args(argv)
+    init_logging("trainer")
+    args.run_dir.mkdir(parents=True, exist_ok=True)
+    spec = RunSpec.from_dict(yaml.safe_load(args.spec.read_text()) or {})
+    torch.set_num_threads(spec.num_threads)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 or "TORCHELASTIC_RUN_ID" in os.environ:
+        if spec.device == "cuda":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend="nccl" if spec.device == "cuda" else "gloo")
+    comm = Comm.from_env()
+    reporter: Reporter = StatusFile(args.run_dir) if comm.rank == 0 else NullReporter()
+    sink = feed = None
+    try:
+        if spec.rollout.prompts_per_step % comm.world:
+            raise ValueError(
+                f"rollout.prompts_per_step={spec.rollout.prompts_per_step} is not a multiple of "
+                f"the {comm.world} ranks launched"
+            )
+        sink = connect_sink(spec, comm.rank, comm.world)
+        feed = connect_feed(spec, comm.rank)
+        checkpoint_dir = Path(spec.checkpoint.dir) if spec.checkpoint.dir else args.run_dir / "checkpoints"
+        engine = Engine(spec, comm=comm, reporter=reporter, sink=sink, feed=feed, checkpoint_dir=checkpoint_dir)
+        engine.run(Control(stop_file=args.run_dir / STOP_FILE))
+        return 0
+    except Exception as exc:
+        reason = f"rank {comm.rank}: {type(exc).__name__}: {getattr(exc, 'message', None) or exc}"
+        logger.error("%s\n%s", reason, traceback.format_exc())
+        (args.run_dir / f"error-rank{comm.rank}.txt").write_text(reason)
+        reporter.state("FAILED", reason)
+        return 1
+    finally:
+        for resource in (sink, feed):
+            if resource is not None:
+                resource.close()
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

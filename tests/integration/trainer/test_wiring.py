@@ -1,0 +1,92 @@
+"""A rank trains on data-plane batches and publishes every version through the weight hub's Publisher."""
+
+from __future__ import annotations
+
+import asyncio
+
+import torch
+from seedstack.dataplane.v1 import dataplane_pb2 as dp
+
+from clients.dataplane import DataPlaneClient
+from clients.weighthub import Reader
+from services.dataplane.config import DataPlaneConfig
+from services.dataplane.server import create_server as create_dataplane
+from services.trainer.engine import Engine
+from services.trainer.remote import connect_feed, connect_sink
+from services.trainer.spec import RunSpec
+from services.weighthub.config import WeightHubConfig
+from services.weighthub.server import create_server as create_hub
+from tests.integration.trainer.conftest import TINY_MODEL
+
+PLAN = """
+sources:
+  - name: arith
+    format: generated
+    generator: arithmetic
+    generator_options: {num_terms: "2", max_value: "9"}
+    preprocessing: {reference_field: answer, verifier: arithmetic}
+global_batch_size: 16
+num_ranks: 1
+tokenizer: char
+rl: {group_size: 4, max_staleness_versions: 2, dynamic_sampling: false, max_buffered_samples: 64}
+"""
+
+
+async def test_training_on_data_plane_batches_publishes_each_version(redis_url: str) -> None:
+    dataplane = await create_dataplane(DataPlaneConfig(redis_url=redis_url, port=0, host="127.0.0.1", grace_s=0.2))
+    hub = await create_hub(WeightHubConfig(redis_url=redis_url, port=0, host="127.0.0.1", grace_s=0.2))
+    await dataplane.server.start()
+    await hub.server.start()
+    dp_address, hub_address = f"127.0.0.1:{dataplane.port}", f"127.0.0.1:{hub.port}"
+    try:
+        async with DataPlaneClient(dp_address) as client:
+            plan_id = (await client.submit_plan(dp.SubmitPlanRequest(request_id="p", mixture_yaml=PLAN))).plan_id
+            spec = RunSpec.from_dict(
+                {
+                    "algorithm": "grpo",
+                    "model": {"config_json": TINY_MODEL},
+                    "num_steps": 2,
+                    "task": {"num_eval": 8},
+                    "warm_start": {"num_steps": 20, "batch_size": 16},
+                    "rollout": {"prompts_per_step": 4, "group_size": 4, "max_new_tokens": 4},
+                    "dataplane_plan_id": plan_id,
+                    "dataplane_address": dp_address,
+                    "weighthub_model": "policy",
+                    "weighthub_address": hub_address,
+                    "publish_bind_host": "127.0.0.1",
+                }
+            )
+
+            def train() -> tuple[Engine, list[dict[str, float]]]:
+                sink, feed = connect_sink(spec, 0, 1), connect_feed(spec, 0)
+                engine = Engine(spec, sink=sink, feed=feed)
+                steps: list[dict[str, float]] = []
+                try:
+                    engine.run(on_step=lambda step, metrics: steps.append(metrics))
+                    # A reader fetches the last version while the publisher still serves it.
+                    fetched = asyncio.run_coroutine_threadsafe(fetch(hub_address), loop).result(60)
+                    for name, tensor in engine.model.state_dict().items():
+                        assert torch.equal(fetched[name], tensor), name
+                finally:
+                    assert sink is not None and feed is not None
+                    sink.close()
+                    feed.close()
+                return engine, steps
+
+            loop = asyncio.get_running_loop()
+            engine, steps = await asyncio.to_thread(train)
+            assert engine.step == 2 and engine.version == 3
+            assert len(steps) == 2 and all(m["num_samples"] > 0 and m["publish_s"] > 0 for m in steps)
+            stats = await client.stats(dp.StatsRequest(plan_id=plan_id))
+            assert stats.num_samples_served == sum(m["num_samples"] for m in steps)
+            assert stats.buffer.policy_version >= 2
+    finally:
+        await dataplane.stop(0.2)
+        await hub.stop(0.2)
+
+
+async def fetch(hub_address: str) -> dict[str, torch.Tensor]:
+    async with Reader(hub_address, model="policy", transport_bind_host="127.0.0.1") as reader:
+        version = await reader.latest_version()
+        assert version == 3
+        return {k: v.clone() for k, v in (await reader.fetch(version)).items()}
