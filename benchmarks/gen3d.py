@@ -3,10 +3,12 @@ silhouette (the first thing a user might try), in one run.
 
 Inputs: generated test images (symmetric, asymmetric, with holes, thin parts; see
 ``services.gen3d.samples``) and real photographs shipped inside scikit-image (``horse.png``, a
-silhouette; ``rocket.jpg``, a photo against the sky; ``logo.png``, with alpha). Per asset: seconds
+silhouette with alpha; ``rocket.jpg``, a photo against a dusk sky with the rocket's pad on the bottom
+edge and towers crossing the frame; ``logo.png``, a disc split by a white line). Per asset: seconds
 (total and per stage), watertightness, drop-test stability, silhouette IoU of the mesh re-projected
 onto the input mask, texture alignment error of a front render, mass and inertia sanity (positive
-mass, positive-definite inertia satisfying the triangle inequality). The baseline gets the same mask.
+mass, positive-definite inertia satisfying the triangle inequality), and the rest pose it is exported
+in (tipping angle; whether it was laid on another side). The baseline gets the same mask.
 
 Run: ``python -m benchmarks.gen3d [--quick] [--json PATH]``.
 """
@@ -112,6 +114,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "mass_sane": 0 < r["mass_kg"] < 1000,
             "inertia_sane": inertia_sane(inertia),
             "num_faces": r["num_faces"],
+            "tipping_angle_deg": r["rest_pose"]["tipping_angle_deg"],
+            "upright_tipping_angle_deg": r["rest_pose"]["upright_tipping_angle_deg"],
+            "reoriented": r["rest_pose"]["reoriented"],
             "collision": r["collision_method"],
             "baseline_iou": extruded_hull_iou(data, settings.max_side_px),
         }

@@ -17,7 +17,9 @@ class Gen3DConfig(ServerConfig):
     store_dir: Path = Path("var/gen3d")
     """Root of the content-addressed asset store (uploads and finished jobs' files)."""
     num_workers: int = 1
-    """Jobs run at once (each on a thread; CoACD runs in a child process)."""
+    """Jobs run at once, each in a child process of its own."""
+    job_time_limit_s: float = 600.0
+    """Longest a job may run; past it its process is killed and the job fails saying so."""
     resolution: int = 128
     """Voxels along an object's longer side for the classical geometry."""
     max_faces: int = 6000
@@ -42,6 +44,7 @@ class Gen3DConfig(ServerConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         check(self.num_workers >= 1, "num_workers", self.num_workers, "must be >= 1")
+        check(self.job_time_limit_s > 0, "job_time_limit_s", self.job_time_limit_s, "must be > 0")
         check(16 <= self.resolution <= 512, "resolution", self.resolution, "must be in 16..512")
         check(500 <= self.max_faces <= 200_000, "max_faces", self.max_faces, "must be in 500..200000")
         check(64 <= self.texture_size_px <= 4096, "texture_size_px", self.texture_size_px, "must be in 64..4096")

@@ -29,6 +29,54 @@ class ImageRef:
     store_path: str | None = None
 
 
+def run_spec(
+    spec: dict[str, Any],
+    work: Path,
+    on_stage: Callable[[str, float], None],
+    *,
+    store: AssetStore,
+    settings: Settings,
+    backends: BackendRegistry,
+) -> tuple[list[str], dict[str, Any]]:
+    """Build the object or the scene a job's spec describes into ``work``; (file names, results)."""
+    if "objects" in spec:
+        items = [
+            (SceneItem(**o["item"]), store.resolve(o["image"]).read_bytes(), ObjectOptions(**o["options"]))
+            for o in spec["objects"]
+        ]
+        scene = build_scene(items, work, settings=settings, backends=backends, on_stage=on_stage)
+        return scene.files, {"assets": scene.reports, "scene_drop_test": scene.drop_test, "notes": scene.notes}
+    result = build_object(
+        store.resolve(spec["image"]).read_bytes(),
+        work,
+        name="asset",
+        options=ObjectOptions(**spec["options"]),
+        settings=settings,
+        backends=backends,
+        on_stage=on_stage,
+    )
+    return result.files, {"assets": [result.report], "notes": result.notes}
+
+
+@dataclass(frozen=True)
+class PipelineRunner:
+    """The service's job runner: ``run_spec`` with what it needs, as plain fields (it pickles into the
+    child process each job runs in; see ``worker``)."""
+
+    store_root: Path
+    settings: Settings
+    weights_dir: Path | None = None
+    device: str = "cpu"
+
+    def __call__(
+        self, spec: dict[str, Any], work: Path, on_stage: Callable[[str, float], None]
+    ) -> tuple[list[str], dict[str, Any]]:
+        backends = BackendRegistry(self.weights_dir, self.device)
+        return run_spec(
+            spec, work, on_stage, store=AssetStore(self.store_root), settings=self.settings, backends=backends
+        )
+
+
 class Gen3DCore:
     """Uploads into the store, jobs through ``JobManager``, files out of the store."""
 
@@ -126,29 +174,6 @@ class Gen3DCore:
                 }
             )
         return await self._jobs().submit(request_id, "scene", {"objects": specs})
-
-    def run_spec(
-        self, spec: dict[str, Any], work: Path, on_stage: Callable[[str, float], None]
-    ) -> tuple[list[str], dict[str, Any]]:
-        """The runner of ``JobManager``: build an object or a scene into ``work``."""
-        if "objects" in spec:
-            items = [
-                (SceneItem(**o["item"]), self.store.resolve(o["image"]).read_bytes(), ObjectOptions(**o["options"]))
-                for o in spec["objects"]
-            ]
-            scene = build_scene(items, work, settings=self.settings, backends=self.backends, on_stage=on_stage)
-            return scene.files, {"assets": scene.reports, "scene_drop_test": scene.drop_test, "notes": scene.notes}
-        data = self.store.resolve(spec["image"]).read_bytes()
-        result = build_object(
-            data,
-            work,
-            name="asset",
-            options=ObjectOptions(**spec["options"]),
-            settings=self.settings,
-            backends=self.backends,
-            on_stage=on_stage,
-        )
-        return result.files, {"assets": [result.report], "notes": result.notes}
 
     async def get(self, job_id: str) -> dict[str, Any]:
         """The job's record."""

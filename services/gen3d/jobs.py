@@ -1,11 +1,13 @@
-"""Asynchronous jobs: metadata in Redis, work on threads of this process, files in the asset store.
+"""Asynchronous jobs: metadata in Redis, each job's work in a child process, files in the asset store.
 
 Keys (under ``seedstack:gen3d:``): ``job:<id>`` the job's JSON record; ``request:<request id>`` the
 job a request id created (so a retried submit returns the same job); ``queue`` the ids waiting for a
 worker. Every change of a record bumps its ``version`` and is announced on the channel
 ``events:<id>``; watchers re-read the record on each announcement (and every second anyway, so a
 lost message costs a second, not the watch). On start, jobs left queued or running by a previous
-process are queued again: a restarted service rebuilds its work from Redis.
+process are queued again: a restarted service rebuilds its work from Redis. At most ``num_workers``
+jobs run at once, each in a child process under ``time_limit_s`` (see ``worker``): a job that
+crashes its process or runs too long fails with the reason, and the service goes on.
 """
 
 from __future__ import annotations
@@ -14,16 +16,15 @@ import asyncio
 import json
 import logging
 import time
-import traceback
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 from services.common.errors import InvalidArgument, NotFound, SeedstackError
 from services.common.redis_meta import RedisMeta
 from services.gen3d.store import AssetStore
+from services.gen3d.worker import JobFailed, Runner, run_in_child
 
 logger = logging.getLogger(__name__)
 
@@ -31,18 +32,27 @@ QUEUED, RUNNING, SUCCEEDED, FAILED = "queued", "running", "succeeded", "failed"
 TERMINAL = (SUCCEEDED, FAILED)
 REQUEST_TTL_S = 7 * 24 * 3600
 
-Runner = Callable[[dict[str, Any], Path, Callable[[str, float], None]], tuple[list[str], dict[str, Any]]]
-"""Runs a job's spec in a work folder, calling back (stage, progress); returns (file names, results)."""
+DEFAULT_TIME_LIMIT_S = 600.0
+"""Longest a job may run when the manager is not told otherwise."""
 
 
 class JobManager:
     """Submits, runs and reports jobs."""
 
-    def __init__(self, meta: RedisMeta, store: AssetStore, runner: Runner, *, num_workers: int = 1) -> None:
+    def __init__(
+        self,
+        meta: RedisMeta,
+        store: AssetStore,
+        runner: Runner,
+        *,
+        num_workers: int = 1,
+        time_limit_s: float = DEFAULT_TIME_LIMIT_S,
+    ) -> None:
         self.meta = meta
         self.store = store
         self.runner = runner
         self.num_workers = num_workers
+        self.time_limit_s = time_limit_s
         self._tasks: list[asyncio.Task[None]] = []
         self._locks: dict[str, asyncio.Lock] = {}
 
@@ -146,7 +156,7 @@ class JobManager:
         self._tasks = [asyncio.create_task(self._worker(i), name=f"gen3d-worker-{i}") for i in range(self.num_workers)]
 
     async def stop(self) -> None:
-        """Stop taking jobs (a job mid-run finishes its thread but its result is dropped and re-run later)."""
+        """Stop taking jobs; a job mid-run has its process killed and runs again after a restart."""
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -172,7 +182,6 @@ class JobManager:
 
     async def run_one(self, job_id: str) -> None:
         """Run one job to its final state; its failure becomes the job's, never the worker's."""
-        loop = asyncio.get_running_loop()
         try:
             record = await self._update(job_id, state=RUNNING, stage="", progress=0.0)
         except NotFound:
@@ -181,39 +190,38 @@ class JobManager:
         timings: dict[str, float] = {}
         last: dict[str, Any] = {"stage": "", "t": time.perf_counter()}
 
-        def on_stage(stage: str, progress: float) -> None:
-            now = time.perf_counter()
+        def close_stage() -> None:
             if last["stage"]:
-                timings[last["stage"]] = timings.get(last["stage"], 0.0) + now - last["t"]
-            last.update(stage=stage, t=now)
-            asyncio.run_coroutine_threadsafe(
-                self._update(job_id, stage=stage, progress=progress, stage_timings=dict(timings)), loop
-            )
+                timings[last["stage"]] = timings.get(last["stage"], 0.0) + time.perf_counter() - last["t"]
+
+        async def on_stage(stage: str, progress: float) -> None:
+            close_stage()
+            last.update(stage=stage, t=time.perf_counter())
+            await self._update(job_id, stage=stage, progress=progress, stage_timings=dict(timings))
 
         work = self.store.work_dir(job_id)
         started = time.perf_counter()
         try:
-            names, results = await asyncio.to_thread(self.runner, record["spec"], work, on_stage)
-            if last["stage"]:
-                timings[last["stage"]] = timings.get(last["stage"], 0.0) + time.perf_counter() - last["t"]
-            files = self.store.publish(job_id, work, names)
-            await self._update(
-                job_id,
-                state=SUCCEEDED,
-                progress=1.0,
-                stage_timings=timings,
-                files=[asdict(f) for f in files],
-                **results,
+            names, results = await run_in_child(
+                self.runner, record["spec"], work, time_limit_s=self.time_limit_s, on_stage=on_stage
             )
-            logger.info("job %s succeeded in %.1f s", job_id, time.perf_counter() - started)
+            close_stage()
+            files = self.store.publish(job_id, work, names)
+        except JobFailed as exc:
+            close_stage()
+            logger.info("job %s failed: %s", job_id, exc.reason)
+            await self._update(job_id, state=FAILED, failure_reason=exc.reason, stage_timings=timings)
+            return
         except SeedstackError as exc:
             logger.info("job %s failed: %s", job_id, exc.message)
             await self._update(job_id, state=FAILED, failure_reason=exc.message, stage_timings=timings)
+            return
         except Exception as exc:
-            logger.error("job %s failed with an internal error:\n%s", job_id, traceback.format_exc())
-            await self._update(
-                job_id,
-                state=FAILED,
-                failure_reason=f"internal error: {type(exc).__name__}: {exc}",
-                stage_timings=timings,
-            )
+            logger.exception("job %s failed with an internal error", job_id)
+            reason = f"internal error: {type(exc).__name__}: {exc}"
+            await self._update(job_id, state=FAILED, failure_reason=reason, stage_timings=timings)
+            return
+        await self._update(
+            job_id, state=SUCCEEDED, progress=1.0, stage_timings=timings, files=[asdict(f) for f in files], **results
+        )
+        logger.info("job %s succeeded in %.1f s", job_id, time.perf_counter() - started)

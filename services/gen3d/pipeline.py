@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import trimesh
 from PIL import Image
 
 from services.common.errors import InvalidArgument
-from services.gen3d import check, export, physics, render, texture
+from services.gen3d import check, export, physics, render, stability, texture
 from services.gen3d.backends import BackendRegistry, GeometryBackend
 from services.gen3d.images import decode_image
 from services.gen3d.mask import foreground_mask
@@ -151,11 +152,16 @@ def build_object(
             image.rgb, mask, resolution=settings.resolution, max_faces=settings.max_faces, flat_top=flat_top
         )
         notes += geom.notes
-        silhouette_iou = render.iou(render.silhouette(geom.mesh, geom.origin_col, geom.origin_row, mask.shape), mask)
+        defaults = physics.class_defaults(options.object_class)
+        thickness = 0.0 if options.solid else (options.wall_thickness_m or defaults.wall_thickness_m)
+        # A support in a scene keeps its top up; anything else may be laid on a side it rests on.
+        pose = stability.choose_rest_pose(geom.mesh, hollow=thickness > 0, allow_turn=not flat_top)
+        notes += pose.notes
+        silhouette_iou = render.iou(render.silhouette(pose.mesh, geom.origin_col, geom.origin_row, mask.shape), mask)
     with clock.stage("texture"):
         textured = texture.bake(
-            np.asarray(geom.mesh.vertices),
-            np.asarray(geom.mesh.faces),
+            np.asarray(pose.mesh.vertices),
+            np.asarray(pose.mesh.faces),
             image.rgb,
             mask,
             geom.origin_col,
@@ -174,9 +180,14 @@ def build_object(
         )
         both = mask & (front.sum(axis=2) > 0)
         texture_error = float(np.abs(front.astype(np.float32) - image.rgb.astype(np.float32))[both].mean() / 255.0)
+        # Everything from here on is in the rest frame, the pose the asset is exported and checked in.
+        textured.vertices = pose.apply(textured.vertices)
+        rest_mesh = trimesh.Trimesh(
+            pose.apply(np.asarray(pose.mesh.vertices)), np.asarray(pose.mesh.faces), process=False
+        )
     with clock.stage("physics"):
         phys = physics.compute_physics(
-            geom.mesh,
+            rest_mesh,
             object_class=options.object_class,
             size_hint_m=options.size_hint_m,
             density_kg_per_m3=options.density_kg_per_m3,
@@ -196,12 +207,12 @@ def build_object(
         preview = render.render_preview(textured.vertices, textured.faces, textured.uv, textured.albedo)
         Image.fromarray(preview).save(folder / f"{name}_preview.png")
         files.append(f"{name}_preview.png")
-    extents = np.asarray(geom.mesh.extents) * phys.metres_per_unit
+    extents = np.asarray(rest_mesh.extents) * phys.metres_per_unit
     report: dict[str, Any] = {
         "name": name,
         "backend": backend.name,
         "geometry_method": geom.method,
-        "watertight": bool(geom.mesh.is_watertight and geom.mesh.is_volume),
+        "watertight": bool(rest_mesh.is_watertight and rest_mesh.is_volume),
         "num_vertices": len(textured.vertices),
         "num_faces": len(textured.faces),
         "extents_m": [float(v) for v in extents],
@@ -218,6 +229,13 @@ def build_object(
         "metallic": textured.metallic,
         "highlight_fraction": textured.highlight_fraction,
         "reloaded": reloaded,
+        "rest_pose": {
+            "tipping_angle_deg": pose.tipping_angle_deg,
+            "upright_tipping_angle_deg": pose.upright_tipping_angle_deg,
+            "cut_m": pose.trim_px * phys.metres_per_unit,
+            "reoriented": pose.reoriented,
+            "quaternion_wxyz": list(pose.quaternion()),
+        },
     }
     if drop_test:
         with clock.stage("check"):

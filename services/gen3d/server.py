@@ -9,7 +9,7 @@ from services.common.redis_meta import RedisMeta
 from services.common.server import GrpcServer, create_service_server
 from services.gen3d.backends import BackendRegistry
 from services.gen3d.config import Gen3DConfig
-from services.gen3d.core import Gen3DCore
+from services.gen3d.core import Gen3DCore, PipelineRunner
 from services.gen3d.jobs import JobManager
 from services.gen3d.pipeline import Settings
 from services.gen3d.servicer import Gen3DServicer
@@ -40,7 +40,8 @@ async def create_server(config: Gen3DConfig) -> GrpcServer:
         max_upload_bytes=config.max_upload_bytes,
     )
     meta = RedisMeta.from_url(config.redis_url, "gen3d")
-    jobs = JobManager(meta, store, core.run_spec, num_workers=config.num_workers)
+    runner = PipelineRunner(store.root, settings_from(config), config.weights_dir, config.device)
+    jobs = JobManager(meta, store, runner, num_workers=config.num_workers, time_limit_s=config.job_time_limit_s)
     core.jobs = jobs
     server = await create_service_server(
         service_info("gen3d"), config, [(gen3d_pb2_grpc.add_Gen3DServicer_to_server, Gen3DServicer(core))]

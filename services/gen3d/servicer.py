@@ -67,6 +67,22 @@ def _drop(d: dict[str, Any] | None) -> pb.DropTest | None:
     )
 
 
+def _rest_pose(p: dict[str, Any] | None) -> pb.RestPose | None:
+    if not p:
+        return None
+    qw, qx, qy, qz = p["quaternion_wxyz"]
+    return pb.RestPose(
+        tipping_angle_deg=p["tipping_angle_deg"],
+        upright_tipping_angle_deg=p["upright_tipping_angle_deg"],
+        cut_m=p["cut_m"],
+        reoriented=p["reoriented"],
+        qw=qw,
+        qx=qx,
+        qy=qy,
+        qz=qz,
+    )
+
+
 def _report(r: dict[str, Any]) -> pb.AssetReport:
     i3 = r["inertia_kg_m2"]
     return pb.AssetReport(
@@ -86,6 +102,7 @@ def _report(r: dict[str, Any]) -> pb.AssetReport:
         collision_method=r["collision_method"],
         roughness=r["roughness"],
         metallic=r["metallic"],
+        rest_pose=_rest_pose(r.get("rest_pose")),
     )
 
 

@@ -51,7 +51,7 @@ async def test_image_to_asset_with_progress_and_fetch(service: tuple[GrpcServer,
     image = tmp / "mug.png"
     image.write_bytes(samples.png_bytes(samples.mug(96)))
     job_id = await client.submit_image(image, pb.AssetOptions(object_class="mug"), request_id="r1")
-    stages = []
+    stages: list[int] = []
     async for job in client.watch(job_id, timeout_s=120):
         if job.stage and (not stages or stages[-1] != job.stage):
             stages.append(job.stage)
@@ -128,3 +128,88 @@ async def test_cli_prints_progress_and_paths(service: tuple[GrpcServer, Gen3DCli
     assert code == 0, text
     assert "geometry" in text and "check" in text
     assert str(tmp / "cli" / "asset.glb") in text
+
+
+def _table_png() -> bytes:
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", (128, 128), (240, 240, 240))
+    d = ImageDraw.Draw(img)
+    d.rectangle([8, 40, 120, 52], fill=(120, 80, 40))
+    d.rectangle([12, 52, 24, 115], fill=(120, 80, 40))
+    d.rectangle([104, 52, 116, 115], fill=(120, 80, 40))
+    return samples.png_bytes(img)
+
+
+async def test_scene_submit_watch_fetch(service: tuple[GrpcServer, Gen3DClient, Path]) -> None:
+    import mujoco
+
+    _, client, tmp = service
+    uploaded = await client.upload_file(_write(tmp / "mug.png", samples.png_bytes(samples.mug(96))))
+    request = pb.SubmitSceneRequest(
+        request_id="scene-1",
+        objects=[
+            pb.SceneObject(
+                name="table", image=pb.ImageInput(data=_table_png()), options=pb.AssetOptions(object_class="table")
+            ),
+            pb.SceneObject(
+                name="mug",
+                image=pb.ImageInput(store_path=uploaded.store_path),
+                options=pb.AssetOptions(object_class="mug"),
+                support="table",
+                x_m=0.1,
+                yaw_deg=30.0,
+            ),
+        ],
+    )
+    job_id = (await client.submit_scene(request)).job_id
+    assert (await client.submit_scene(request)).job_id == job_id  # a retried submit is the same job
+    stages: list[int] = []
+    async for job in client.watch(job_id, timeout_s=120):
+        if job.stage and (not stages or stages[-1] != job.stage):
+            stages.append(job.stage)
+    assert job.state == pb.JOB_STATE_SUCCEEDED, job.failure_reason
+    assert job.kind == pb.JOB_KIND_SCENE
+    assert stages[-1] == pb.STAGE_CHECK and {t.stage for t in job.stage_timings} >= {pb.STAGE_LAYOUT, pb.STAGE_EXPORT}
+    assert [a.name for a in job.assets] == ["table", "mug"]
+    assert all(a.watertight for a in job.assets)
+    assert job.scene_drop_test.num_drops == 1 and job.scene_drop_test.num_stable == 1, job.scene_drop_test.failures
+    paths = await client.fetch_to_folder(job_id, tmp / "scene")
+    names = {p.name for p in paths}
+    assert {"scene.xml", "scene.urdf", "table.glb", "mug.glb", "mug_albedo.png", "table_albedo.png"} <= names
+    for f in job.files:
+        assert hashlib.sha256((tmp / "scene" / f.name).read_bytes()).hexdigest() == f.sha256
+    # The fetched folder is self-contained: the scene loads with both objects as free bodies.
+    model = mujoco.MjModel.from_xml_path(str(tmp / "scene" / "scene.xml"))
+    assert {model.body(i).name for i in range(model.nbody)} >= {"table", "mug"}
+    bad = pb.SubmitSceneRequest(
+        request_id="scene-bad",
+        objects=[pb.SceneObject(name="mug", image=pb.ImageInput(store_path=uploaded.store_path), support="shelf")],
+    )
+    with pytest.raises(RPCError) as err:
+        await client.submit_scene(bad)
+    assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+async def test_job_over_its_time_limit_fails_and_the_service_keeps_serving(redis_url: str, tmp_path: Path) -> None:
+    config = Gen3DConfig(
+        redis_url=redis_url, port=0, host="127.0.0.1", store_dir=tmp_path / "store", job_time_limit_s=0.5
+    )
+    server = await create_server(config)
+    await server.server.start()
+    client = Gen3DClient(f"127.0.0.1:{server.port}")
+    try:
+        await assert_eventually(lambda: _serving(client), message="service SERVING")
+        image = _write(tmp_path / "vase.png", samples.png_bytes(samples.vase(96)))
+        job = await client.wait(await client.submit_image(image), timeout_s=60)
+        assert job.state == pb.JOB_STATE_FAILED
+        assert job.failure_reason.startswith("passed its time limit of 0.5 s (")
+        assert await client.health() == "SERVING"
+    finally:
+        await client.close()
+        await server.stop(0)

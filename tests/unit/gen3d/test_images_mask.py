@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -62,3 +63,39 @@ def test_blank_image_has_no_foreground() -> None:
     decoded = decode_image(blank, **LIMITS)
     with pytest.raises(InvalidArgument, match="no foreground"):
         foreground_mask(decoded.rgb, decoded.alpha)
+
+
+def _sky_with_tower() -> tuple[np.ndarray, np.ndarray]:
+    """A dusk sky (a vertical gradient) over dark ground, a white tower standing on the bottom edge, and
+    a bigger dark-red block in the top-left corner touching two sides of the frame."""
+    h, w = 160, 200
+    t = np.linspace(0.0, 1.0, h)[:, None, None]
+    rgb = ((1 - t) * np.array([20, 35, 60]) + t * np.array([100, 110, 130])) * np.ones((1, w, 1))
+    rgb[-12:] = (25, 25, 30)
+    tower = np.zeros((h, w), dtype=bool)
+    tower[40:, 90:112] = True
+    rgb[tower] = (235, 230, 215)
+    rgb[:50, :70] = (120, 30, 30)
+    return rgb.astype(np.uint8), tower
+
+
+def test_object_touching_the_border_on_a_gradient_is_found() -> None:
+    rgb, tower = _sky_with_tower()
+    mask = foreground_mask(rgb)
+    assert mask[-1].any()  # it stands on the bottom edge
+    assert np.logical_and(mask, tower).sum() / np.logical_or(mask, tower).sum() > 0.9
+    assert not mask[:50, :70].any()  # the block touching two sides is background (a wall, not the object)
+
+
+def test_real_photograph_of_a_rocket_on_its_pad() -> None:
+    import skimage.data
+
+    path = Path(skimage.data.__file__).parent / "rocket.jpg"
+    decoded = decode_image(path.read_bytes(), **LIMITS)
+    mask = foreground_mask(decoded.rgb, decoded.alpha)
+    h, w = mask.shape
+    rows, cols = np.nonzero(mask)
+    # The rocket: tall, thin, in the middle, standing on the bottom edge; not the towers at the sides.
+    assert 0.01 < mask.mean() < 0.1
+    assert rows.max() >= 0.97 * h and np.ptp(rows) > 0.5 * h
+    assert 0.4 * w < np.median(cols) < 0.6 * w and np.ptp(cols) < 0.35 * w
