@@ -24,6 +24,7 @@ import secrets
 import signal
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
@@ -327,6 +328,7 @@ async def verify_code(
                 env={"PATH": "/usr/bin:/bin", "PYTHONHASHSEED": "0"},
                 preexec_fn=lambda: _sandbox_limits(memory_bytes, max(1, math.ceil(timeout_s)), output_bytes),
             )
+            started = time.monotonic()
             try:
                 await asyncio.wait_for(proc.communicate(payload), timeout=timeout_s)
             except TimeoutError:
@@ -350,6 +352,10 @@ async def verify_code(
             why = signal.Signals(-code_).name
             if -code_ == signal.SIGXCPU:
                 return Verdict(0.0, Outcome.TIMEOUT, "exceeded its CPU time limit (SIGXCPU)")
+            if time.monotonic() - started >= timeout_s:
+                # Killed at or after the deadline (the CPU hard limit, or our kill racing the exit on a
+                # loaded machine): the answer ran out of time, whatever signal ended it.
+                return Verdict(0.0, Outcome.TIMEOUT, f"ran past its time limit of {timeout_s:g} s ({why})")
             return Verdict(0.0, Outcome.CRASHED, f"killed by {why}")
         return Verdict(0.0, Outcome.CRASHED, f"exited with status {code_} before reporting")
     if result.get("error"):
