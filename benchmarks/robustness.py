@@ -6,10 +6,13 @@
    localisation and recovery time and lost steps are read back from ListIncidents.
 2. False alarms: harmless disturbances (a long checkpoint save, a data stall, one-off slow steps);
    any incident opened during them counts.
-3. torchrun alone on the same job: the time until it sees a crash (an exit) and a hang (only when
-   the collective timeout fires; measured with a short timeout, reported with PyTorch's default).
-4. Simulated ETTR of a three-month, 9,600-GPU job (``services.robustness.sim``), with the campaign's
-   measured p50 times, against restart-everything-from-the-last-checkpoint.
+3. torchrun alone on the same job (both faults at once, two jobs): the time until a surviving rank
+   is gone - torchrun tore it down after the crash; after the hang only the collective timeout ends
+   it (measured with a short timeout, reported with PyTorch's default).
+4. Simulated ETTR of a three-month, 9,600-GPU job (``services.robustness.sim``): the campaign's
+   measured p50 times scaled to the job's size by ``ScalingModel`` (every term, value and source in
+   ``figures.sim.scaling``), against restart-everything-from-the-last-checkpoint; the ETTR with the
+   unscaled campaign times is beside it for comparison.
 
 Run: ``python -m benchmarks.robustness [--quick] [--json PATH]``.
 """
@@ -17,6 +20,7 @@ Run: ``python -m benchmarks.robustness [--quick] [--json PATH]``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -32,12 +36,17 @@ from seedstack.robustness.v1 import robustness_pb2 as pb
 
 from benchmarks.report import Progress, emit, standard_parser
 from services.common.redis_proc import RedisProcess, free_port
-from services.robustness.drill import Drill, running_drill
+from services.robustness.drill import FAST, Drill, running_drill
 from services.robustness.faults import ArmedFault, arm
-from services.robustness.sim import SimParams, simulate
+from services.robustness.sim import Campaign, ScalingModel, SimParams, simulate, store_round_trip_s
 
 logger = logging.getLogger(__name__)
 
+CKPT_EVERY = 5
+STEP_TIME_S = 0.05
+"""The drill job's compute time per step (its default)."""
+SLOW_S = 0.25
+"""Extra compute time per step of the rank made a straggler."""
 TORCH_DEFAULT_TIMEOUT_S = 1800.0
 """torch.distributed's default process-group timeout (30 min) that a hang waits for under torchrun."""
 
@@ -73,21 +82,30 @@ async def campaign(redis_url: str, workdir: Path, per_type: int, progress: Progr
     """Inject ``per_type`` faults of each type into one drill job; per-type records."""
     records: dict[str, list[dict[str, float]]] = {k: [] for k in ("crash", "hang", "nan", "straggler")}
     false_alarms: list[str] = []
+    wall_s: dict[str, float] = {}
+    started = time.monotonic()
     config = {"max_recovery_attempts": 10**6, "repeat_window_s": 0.001}
-    async with running_drill(redis_url, workdir, num_standbys=per_type, ranks_per_host=1, config=config) as drill:
+    async with running_drill(
+        redis_url, workdir, num_standbys=per_type, ranks_per_host=1, ckpt_every=CKPT_EVERY, config=config
+    ) as drill:
         fault_file = workdir / "fault.json"
         step = await _wait_progress(drill, 5)
-        # Harmless disturbances first: none may open an incident.
+        wall_s["startup"] = time.monotonic() - started
+        # Harmless disturbances first: none may open an incident. Each fires at a planned step (a
+        # checkpoint delay only acts on a checkpoint step) and is judged a few steps after it.
+        ckpt_step = (step // CKPT_EVERY + 2) * CKPT_EVERY
         for name, fault in [
-            ("long checkpoint", ArmedFault("checkpoint-delay", rank=0, step=-1, seconds=6.0)),
-            ("data stall", ArmedFault("data-stall", rank=1, step=-1, seconds=2.0)),
-            ("one-off slow steps", ArmedFault("slow", rank=2, step=-1, seconds=0.6)),
+            ("long checkpoint", ArmedFault("checkpoint-delay", rank=0, step=ckpt_step, seconds=4.0)),
+            ("data stall", ArmedFault("data-stall", rank=1, step=ckpt_step + 3, seconds=2.0)),
+            ("one-off slow steps", ArmedFault("slow", rank=2, step=ckpt_step + 6, seconds=0.6)),
         ]:
             before = len(await drill.incidents())
             arm(fault_file, fault)
-            step = await _wait_progress(drill, step + 12)
-            if len(await drill.incidents()) > before:
-                false_alarms.append(name)
+            step = await _wait_progress(drill, fault.step + 2)
+            found = await drill.incidents()
+            for incident in found[: len(found) - before]:
+                false_alarms.append(f"{name}: {pb.FaultKind.Name(incident.fault)}: {incident.summary}")
+        wall_s["disturbances"] = time.monotonic() - started - wall_s["startup"]
         rank_cycle = [1, 2, 3, 0]
         known = len(await drill.incidents())
         for i in range(per_type):
@@ -131,7 +149,8 @@ async def campaign(redis_url: str, workdir: Path, per_type: int, progress: Progr
                     }
                 )
                 progress.advance()
-    return {"records": records, "false_alarms": false_alarms}
+    wall_s["injections"] = time.monotonic() - started - wall_s["startup"] - wall_s["disturbances"]
+    return {"records": records, "false_alarms": false_alarms, "wall_s": wall_s}
 
 
 def _expected(kind: str) -> int:
@@ -145,70 +164,101 @@ def _expected(kind: str) -> int:
 
 async def _keep_slow(fault_file: Path, rank: int) -> None:
     while True:
-        arm(fault_file, ArmedFault("slow", rank=rank, step=-1, seconds=0.25))
+        arm(fault_file, ArmedFault("slow", rank=rank, step=-1, seconds=SLOW_S))
         await asyncio.sleep(0.15)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
 def torchrun_baseline(workdir: Path, timeout_s: float) -> dict[str, float]:
-    """Seconds until torchrun alone notices a SIGKILLed and a SIGSTOPped rank (its exit)."""
+    """Seconds until torchrun alone can see a SIGKILLed and a SIGSTOPped rank: until a surviving rank
+    is gone (torchrun tore it down after the crash; the collective timeout ended it after the hang).
+
+    Both jobs run at once; each is killed, process group and ranks, as soon as it has been measured.
+    """
+    jobs: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
     out: dict[str, float] = {}
-    for kind in ("crash", "hang"):
-        run_dir = workdir / f"torchrun-{kind}"
-        run_dir.mkdir()
-        cmd = [
-            str(Path(sys.executable).with_name("torchrun")),
-            "--nproc-per-node",
-            "4",
-            "--max-restarts",
-            "0",
-            "--master-port",
-            str(free_port()),
-            "-m",
-            "services.robustness.drilljob",
-            "--dir",
-            str(run_dir),
-            "--steps",
-            "100000",
-            "--collective-timeout-s",
-            str(timeout_s),
-            "--step-time-s",
-            "0.05",
-        ]
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        try:
-            deadline = time.monotonic() + 90
-            while not list(run_dir.glob("ckpt-*.json")) and time.monotonic() < deadline:
-                time.sleep(0.1)
-            children = subprocess.run(["pgrep", "-f", f"drilljob --dir {run_dir}"], capture_output=True, text=True)
-            pids = sorted(int(p) for p in children.stdout.split() if int(p) != proc.pid)
-            victim = pids[-1]
-            started = time.monotonic()
-            os.kill(victim, signal.SIGKILL if kind == "crash" else signal.SIGSTOP)
-            proc.wait(timeout=timeout_s + 120)
-            out[kind] = time.monotonic() - started
-        finally:
-            if proc.poll() is None:
+    try:
+        for kind in ("crash", "hang"):
+            run_dir = workdir / f"torchrun-{kind}"
+            run_dir.mkdir()
+            cmd = [
+                str(Path(sys.executable).with_name("torchrun")),
+                "--nproc-per-node",
+                "4",
+                "--max-restarts",
+                "0",
+                "--master-port",
+                str(free_port()),
+                "-m",
+                "services.robustness.drilljob",
+                "--dir",
+                str(run_dir),
+                "--steps",
+                "100000",
+                "--collective-timeout-s",
+                str(timeout_s),
+                "--step-time-s",
+                "0.05",
+            ]
+            jobs[kind] = (
+                subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True),
+                run_dir,
+            )
+        deadline = time.monotonic() + 120
+        while not all(list(d.glob("ckpt-*.json")) for _, d in jobs.values()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        injected: dict[str, tuple[float, list[int]]] = {}
+        for kind, (proc, run_dir) in jobs.items():
+            found = subprocess.run(["pgrep", "-f", f"drilljob --dir {run_dir} "], capture_output=True, text=True)
+            pids = sorted(int(p) for p in found.stdout.split() if int(p) != proc.pid)
+            os.kill(pids[-1], signal.SIGKILL if kind == "crash" else signal.SIGSTOP)
+            injected[kind] = (time.monotonic(), pids[:-1])
+        deadline = time.monotonic() + timeout_s + 60
+        while len(out) < len(jobs) and time.monotonic() < deadline:
+            for kind, (started, survivors) in injected.items():
+                if kind not in out and not all(_alive(p) for p in survivors):
+                    out[kind] = time.monotonic() - started
+            time.sleep(0.02)
+    finally:
+        for proc, run_dir in jobs.values():
+            found = subprocess.run(["pgrep", "-f", f"drilljob --dir {run_dir} "], capture_output=True, text=True)
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-            subprocess.run(["pkill", "-KILL", "-f", f"drilljob --dir {run_dir}"], check=False)
+            for pid in (int(p) for p in found.stdout.split()):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            proc.wait()
+    missing = [k for k in jobs if k not in out]
+    if missing:
+        raise TimeoutError(f"torchrun never noticed the {missing} fault(s)")
     return out
 
 
 async def run(quick: bool) -> dict[str, Any]:
     per_type = 2 if quick else 30
-    torchrun_timeout_s = 5.0 if quick else 20.0
+    torchrun_timeout_s = 2.0 if quick else 20.0
     progress = Progress("injections", total=per_type * 4)
     with tempfile.TemporaryDirectory(prefix="robustness-bench-") as tmp:
         workdir = Path(tmp)
         redis = RedisProcess(workdir)
         redis.start()
+        started = time.monotonic()
         try:
             (workdir / "campaign").mkdir()
             result = await campaign(redis.url, workdir / "campaign", per_type, progress)
         finally:
             redis.stop()
         progress.finish()
+        campaign_s = time.monotonic() - started
         torchrun = torchrun_baseline(workdir, torchrun_timeout_s)
+        torchrun_s = time.monotonic() - started - campaign_s
     recs = result["records"]
 
     def col(kind: str, key: str) -> list[float]:
@@ -233,20 +283,54 @@ async def run(quick: bool) -> dict[str, Any]:
     figures["false_alarm_disturbances"] = result["false_alarms"]
     figures["torchrun_measured_s"] = torchrun
     figures["torchrun_collective_timeout_s"] = torchrun_timeout_s
+    figures["wall_s"] = {"campaign": campaign_s, **result["wall_s"], "torchrun": torchrun_s}
     all_blamed = [r["blamed_right"] for k in recs for r in recs[k]]
-    params = SimParams(
-        detect_s={k: max(figures[k]["detect_s_p50"], 0.01) for k in ("crash", "hang", "straggler")}
-        | {"nan": max(figures["nan"]["detect_steps_p95"], 1.0) * 10.0},
-        localize_s=statistics.median([figures[k]["localize_s_p50"] for k in recs]),
+    measured = Campaign(
+        world_size=4,
+        crash_detect_s=figures["crash"]["detect_s_p50"],
+        silent_hang_detect_s=figures["hang"]["detect_s_p50"],
+        liveness_timeout_s=FAST["liveness_timeout_s"],
+        nan_detect_steps=figures["nan"]["detect_steps_p95"],
+        straggler_detect_s=figures["straggler"]["detect_s_p50"],
+        straggler_step_s=STEP_TIME_S + SLOW_S,
+        hang_localize_s=figures["hang"]["localize_s_p50"],
         restart_in_place_s=figures["crash"]["recover_s_p50"],
         replace_node_s=figures["straggler"]["recover_s_p50"],
+        store_op_s=store_round_trip_s(),
+    )
+    model = ScalingModel()
+    scaled, terms = model.scale(measured)
+    params = SimParams(
+        detect_s={k: scaled[k] for k in ("crash", "hang", "nan", "straggler")},
+        localize_s=scaled["localize_s"],
+        restart_in_place_s=scaled["restart_in_place_s"],
+        replace_node_s=scaled["replace_node_s"],
+    )
+    unscaled = SimParams(
+        detect_s={
+            "crash": measured.crash_detect_s,
+            "hang": measured.silent_hang_detect_s,
+            "nan": max(measured.nan_detect_steps, 1.0) * params.step_s,
+            "straggler": measured.straggler_detect_s,
+        },
+        localize_s=measured.hang_localize_s,
+        restart_in_place_s=measured.restart_in_place_s,
+        replace_node_s=measured.replace_node_s,
     )
     ours, baseline = simulate(params, "controller"), simulate(params, "baseline")
     figures["sim"] = {
-        "params": {k: v for k, v in params.__dict__.items()},
+        "params": dict(params.__dict__),
         "sources": params.sources(),
+        "scaling": {
+            "campaign": dict(measured.__dict__),
+            "model": dict(model.__dict__),
+            "model_sources": model.sources(),
+            "terms": terms,
+            "doc": " ".join((ScalingModel.__doc__ or "").split()),
+        },
         "controller": ours.__dict__,
         "baseline": baseline.__dict__,
+        "controller_unscaled_campaign_times": simulate(unscaled, "controller").__dict__,
         "paper_ettr": 0.97,
     }
     hang_torchrun = torchrun["hang"] - torchrun_timeout_s + TORCH_DEFAULT_TIMEOUT_S

@@ -1,7 +1,8 @@
 """Actuators: how a sidecar starts, signals, watches and kills the process it supervises.
 
 One interface, three back ends: local processes (the default, each in its own process group so a
-kill takes its children too), Docker containers (through the Docker SDK) and Kubernetes pods
+kill takes its children too; optionally pre-started one incarnation ahead, so a restart does not
+pay for the interpreter's imports again), Docker containers (through the Docker SDK) and Kubernetes pods
 (through the official client). The SDKs are imported only when their actuator is built; without
 them, or without an engine to talk to, building one raises ActuatorError saying why.
 """
@@ -10,12 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import logging
 import os
 import signal
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
+
+logger = logging.getLogger(__name__)
 
 
 class ActuatorError(Exception):
@@ -71,6 +76,14 @@ class Actuator(Protocol):
 
     async def start(self, spec: LaunchSpec) -> Workload:
         """Start ``spec``; ActuatorError when it cannot."""
+        ...
+
+    async def prepare(self, spec: LaunchSpec) -> None:
+        """Get ready to start ``spec`` soon (a warm standby); a no-op where nothing can be done ahead."""
+        ...
+
+    async def close(self) -> None:
+        """Release what the actuator holds besides the workloads it returned (pre-started spares)."""
         ...
 
 
@@ -130,6 +143,120 @@ class LocalProcessActuator:
         except OSError as exc:
             raise ActuatorError(f"local: cannot start {spec.argv[0]!r}: {exc}") from exc
         return LocalProcess(proc)
+
+    async def prepare(self, spec: LaunchSpec) -> None:
+        """Nothing can be done ahead."""
+
+    async def close(self) -> None:
+        """Nothing is held between starts."""
+
+
+class PrewarmedLocalActuator:
+    """Local processes, each next incarnation started ahead: ``python -m MODULE`` runs under
+    ``services.robustness.prewarm``, which imports the module and waits for its environment.
+
+    A little after every start (``spare_delay_s``, so the spare's imports do not compete with the
+    workload's own start-up) one spare for the same command is started, so the next restart (the
+    cheapest rung of the recovery ladder) hands the spare its environment instead of paying for
+    start-up again; ``prepare`` does the same for a warm standby that has not run anything yet.
+    Other commands start cold, as ``LocalProcessActuator`` does.
+    """
+
+    name = "local-prewarmed"
+
+    def __init__(self, spare_delay_s: float = 0.5) -> None:
+        self.spare_delay_s = spare_delay_s
+        self._spare: tuple[tuple[str, ...], asyncio.subprocess.Process] | None = None
+        self._pending: asyncio.Task[None] | None = None
+
+    @staticmethod
+    def _key(spec: LaunchSpec) -> tuple[str, ...] | None:
+        argv = list(spec.argv)
+        return (*argv, str(spec.cwd)) if len(argv) >= 3 and argv[1] == "-m" else None
+
+    async def prepare(self, spec: LaunchSpec) -> None:
+        """Start a spare for ``spec`` (after ``spare_delay_s``) unless one is there or coming."""
+        key = self._key(spec)
+        if key is None or (self._spare is not None and self._spare[0] == key) or self._pending is not None:
+            return
+        self._pending = asyncio.create_task(self._spare_later(key, spec), name="prewarm-spare")
+
+    async def start(self, spec: LaunchSpec) -> Workload:
+        key = self._key(spec)
+        if key is None:
+            return await LocalProcessActuator().start(spec)
+        await self._cancel_pending()
+        proc = None
+        if self._spare is not None:
+            spare_key, spare = self._spare
+            self._spare = None
+            if spare_key == key and spare.returncode is None:
+                proc = spare
+            else:
+                await _kill(spare)
+        if proc is None:
+            proc = await self._spawn(spec)
+        assert proc.stdin is not None
+        try:
+            proc.stdin.write(json.dumps(dict(spec.env)).encode() + b"\n")
+            await proc.stdin.drain()
+            proc.stdin.close()
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            await _kill(proc)
+            raise ActuatorError(f"local-prewarmed: {spec.argv[2]!r} died before it was started: {exc}") from exc
+        await self.prepare(spec)
+        return LocalProcess(proc)
+
+    async def _spare_later(self, key: tuple[str, ...], spec: LaunchSpec) -> None:
+        try:
+            await asyncio.sleep(self.spare_delay_s)
+            self._spare = (key, await self._spawn(spec))
+        except ActuatorError as exc:
+            logger.warning("no spare: %s (the next start will be cold)", exc)
+        finally:
+            if self._pending is asyncio.current_task():
+                self._pending = None
+
+    async def _cancel_pending(self) -> None:
+        task, self._pending = self._pending, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _spawn(self, spec: LaunchSpec) -> asyncio.subprocess.Process:
+        argv = list(spec.argv)
+        try:
+            return await asyncio.create_subprocess_exec(
+                argv[0],
+                "-m",
+                "services.robustness.prewarm",
+                *argv[2:],
+                env={**os.environ, **spec.env},
+                cwd=spec.cwd,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+                limit=1 << 20,
+            )
+        except OSError as exc:
+            raise ActuatorError(f"local-prewarmed: cannot start {argv[0]!r}: {exc}") from exc
+
+    async def close(self) -> None:
+        """Kill the spare (and stop one from being started)."""
+        await self._cancel_pending()
+        if self._spare is not None:
+            _, spare = self._spare
+            self._spare = None
+            await _kill(spare)
+
+
+async def _kill(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    await proc.wait()
 
 
 class DockerContainer:
@@ -205,6 +332,12 @@ class DockerActuator:
         except Exception as exc:
             raise ActuatorError(f"docker: cannot run {spec.image}: {exc}") from exc
         return DockerContainer(container)
+
+    async def prepare(self, spec: LaunchSpec) -> None:
+        """Nothing can be done ahead."""
+
+    async def close(self) -> None:
+        """Nothing is held between starts."""
 
 
 class KubernetesPod:
@@ -289,13 +422,22 @@ class KubernetesActuator:
             raise ActuatorError(f"kubernetes: cannot create pod {name}: {exc}") from exc
         return KubernetesPod(self.api, self.namespace, name)
 
+    async def prepare(self, spec: LaunchSpec) -> None:
+        """Nothing can be done ahead."""
+
+    async def close(self) -> None:
+        """Nothing is held between starts."""
+
 
 def make_actuator(kind: str) -> Actuator:
-    """The actuator named ``kind`` ("local", "docker", "kubernetes"); ActuatorError when unavailable."""
+    """The actuator named ``kind`` ("local", "local-prewarmed", "docker", "kubernetes"); ActuatorError when
+    unavailable."""
     if kind == "local":
         return LocalProcessActuator()
+    if kind == "local-prewarmed":
+        return PrewarmedLocalActuator()
     if kind == "docker":
         return DockerActuator()
     if kind == "kubernetes":
         return KubernetesActuator()
-    raise ActuatorError(f"unknown actuator {kind!r}: expected local, docker or kubernetes")
+    raise ActuatorError(f"unknown actuator {kind!r}: expected local, local-prewarmed, docker or kubernetes")

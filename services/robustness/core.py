@@ -24,7 +24,9 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from redis.exceptions import RedisError
+
+from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from services.common.redis_meta import RedisMeta
 from services.robustness.config import RobustnessConfig
 from services.robustness.detect import (
@@ -64,6 +66,7 @@ MAX_RETIRED_IDS = 100_000
 DEFAULT_MAX_INCIDENTS = 100
 MAX_INCIDENTS_PER_CALL = 1000
 MAX_WINDOWS = 16
+MAX_REBUILD_BACKOFF_S = 5.0
 SECONDARY_GRACE_S = 2.0
 """How long a peer-side error line waits for the primary signal before it is an incident itself."""
 
@@ -121,6 +124,8 @@ class JobState:
     stopped: bool = False
     finished: bool = False
     incident_id: str | None = None
+    long_phase_seen_s: float = 0.0
+    """When the detection loop last saw the job in a checkpoint or start-up phase (not persisted)."""
     pending_log: tuple[float, int, str, str] | None = None
     """(seen at, rank, summary, signature) of a peer-side error line waiting for its primary signal."""
     budget: RecoveryBudget = field(init=False)
@@ -215,13 +220,24 @@ class Controller:
         self._dirty_jobs: set[str] = set()
         self._loop_task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        self.ready = asyncio.Event()
+        """Set once the state has been rebuilt from Redis."""
 
     # Lifecycle -----------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Rebuild from Redis, then run the detection loop."""
-        await self._rebuild()
-        self._loop_task = asyncio.create_task(self._detect_loop(), name="robustness-detect")
+        """Rebuild from Redis and run the detection loop, in the background: until Redis has answered
+        and the state is rebuilt, calls get UNAVAILABLE and ``check_ready`` fails (health NOT_SERVING)."""
+        self._loop_task = asyncio.create_task(self._run(), name="robustness-detect")
+
+    async def check_ready(self) -> None:
+        """Raise Unavailable until the state has been rebuilt from Redis."""
+        if not self.ready.is_set():
+            raise Unavailable("the controller's state is not rebuilt from redis yet")
+
+    def _require_ready(self) -> None:
+        if not self.ready.is_set():
+            raise Unavailable("the controller is rebuilding its state from redis; retry")
 
     async def close(self) -> None:
         """Stop the loop and the incident handlers; flush state to Redis."""
@@ -231,18 +247,39 @@ class Controller:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        with contextlib.suppress(Exception):
-            await self._flush()
+        if self.ready.is_set():
+            with contextlib.suppress(Exception):
+                await self._flush()
+
+    async def _run(self) -> None:
+        delay_s = 0.1
+        while True:
+            try:
+                await self._rebuild()
+                break
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError, Unavailable) as exc:
+                logger.warning("rebuilding state from redis failed (%s); retrying in %.1f s", exc, delay_s)
+            except Exception:
+                logger.exception("rebuilding state from redis failed; retrying in %.1f s", delay_s)
+            await asyncio.sleep(delay_s)
+            delay_s = min(2 * delay_s, MAX_REBUILD_BACKOFF_S)
+        self.ready.set()
+        await self._detect_loop()
 
     async def _rebuild(self) -> None:
+        """Read every job, agent and open incident, then adopt them at once (a failed read adopts nothing)."""
         now = self.clock()
-        job_ids = await self.meta.client.smembers(self.meta.key("jobs"))
-        for job_id in map(str, job_ids):
+        jobs: list[JobState] = []
+        agents: list[AgentState] = []
+        incidents: list[tuple[JobState, Incident]] = []
+        for job_id in sorted(map(str, await self.meta.client.smembers(self.meta.key("jobs")))):
             data = await self.meta.get_json(self.meta.key("job", job_id))
             if data is None:
                 continue
             job = JobState.from_json(data, self.config, now)
-            self.jobs[job_id] = job
+            jobs.append(job)
             for agent_id in [*job.ranks.values(), *job.standbys]:
                 raw = await self.meta.get_json(self.meta.key("agent", agent_id))
                 if raw is None:
@@ -250,16 +287,21 @@ class Controller:
                 agent = AgentState.from_json(raw)
                 # The agents could not report while we were down: give them time to reconnect.
                 agent.last_seen_s = now
-                self.agents[agent_id] = agent
-                self.queues[agent_id] = asyncio.Queue(self.config.command_queue_size)
+                agents.append(agent)
             if job.incident_id:
                 raw_incident = await self.meta.get_json(self.meta.key("incident", job.incident_id))
                 if raw_incident is not None and job.active:
-                    incident = Incident.from_json(raw_incident)
-                    self._incidents[incident.incident_id] = incident
-                    self._handlers[job_id] = asyncio.create_task(self._resume(job, incident))
+                    incidents.append((job, Incident.from_json(raw_incident)))
                 else:
                     job.incident_id = None
+        for job in jobs:
+            self.jobs[job.job_id] = job
+        for agent in agents:
+            self.agents[agent.agent_id] = agent
+            self.queues[agent.agent_id] = asyncio.Queue(self.config.command_queue_size)
+        for job, incident in incidents:
+            self._incidents[incident.incident_id] = incident
+            self._handlers[job.job_id] = asyncio.create_task(self._resume(job, incident))
         if self.jobs:
             logger.info("rebuilt %d job(s), %d agent(s) from redis", len(self.jobs), len(self.agents))
 
@@ -278,6 +320,7 @@ class Controller:
         standby: bool,
     ) -> tuple[str, float, int]:
         """Register one agent; returns (agent id, heartbeat interval, job generation)."""
+        self._require_ready()
         if not job_id or len(job_id) > 128 or ":" in job_id:
             raise InvalidArgument(f"job_id={job_id!r}: must be 1..128 characters without ':'")
         if not request_id:
@@ -355,7 +398,9 @@ class Controller:
                 job.standbys.remove(agent_id)
 
     def agent(self, agent_id: str) -> AgentState:
-        """The live agent ``agent_id``; NOT_FOUND when unknown, FAILED_PRECONDITION when retired."""
+        """The live agent ``agent_id``; NOT_FOUND when unknown, FAILED_PRECONDITION when retired (UNAVAILABLE
+        while the state is being rebuilt: an agent not known yet may be known in a moment)."""
+        self._require_ready()
         agent = self.agents.get(agent_id)
         if agent is not None:
             return agent
@@ -890,7 +935,14 @@ class Controller:
         timeout = job.timeouts.timeout_s(phase)
         if job.progress_step < 0 or any(a.num_heartbeats == 0 for a in running):
             timeout = max(timeout, self.config.startup_timeout_s)
-        stalled = now - job.last_progress_s
+        if phase in (Phase.CHECKPOINT, Phase.STARTUP):
+            job.long_phase_seen_s = now
+        # A compute phase's timeout runs from the end of a checkpoint or start-up, not from the last
+        # step: right after a long save the job has had no time to finish a step yet.
+        stalled_since = job.last_progress_s
+        if phase not in (Phase.CHECKPOINT, Phase.STARTUP):
+            stalled_since = max(stalled_since, job.long_phase_seen_s)
+        stalled = now - stalled_since
         if stalled > timeout:
             self._open(
                 job,
@@ -907,6 +959,7 @@ class Controller:
 
     async def list_incidents(self, job_id: str, since_s: float | None, max_incidents: int) -> list[Incident]:
         """Incidents newest first, from Redis (open ones as they stand now)."""
+        self._require_ready()
         limit = min(max_incidents or DEFAULT_MAX_INCIDENTS, MAX_INCIDENTS_PER_CALL)
         key = self.meta.key("incidents", job_id) if job_id else self.meta.key("incidents")
         low = since_s if since_s is not None else "-inf"
@@ -925,6 +978,7 @@ class Controller:
 
     def ettr(self, job_id: str, windows_s: Sequence[float]) -> tuple[tuple[float, float], list[tuple[float, float]]]:
         """((wall, productive) cumulative, [(wall, productive) per window])."""
+        self._require_ready()
         job = self.jobs.get(job_id)
         if job is None:
             raise NotFound(f"job {job_id!r} has no registered agents")

@@ -1,4 +1,9 @@
-"""A live fault drill (tests, benchmark, fault demos): controller in-process, sidecars as tasks, gloo ranks."""
+"""A live fault drill (tests, benchmark, fault demos): controller in-process, sidecars as tasks, gloo ranks.
+
+Each sidecar starts its rank through ``PrewarmedLocalActuator``: a restart hands the rank to an
+interpreter that already imported torch, so a restart costs the rendezvous and checkpoint load,
+not a cold start (as a production job's warm pods would).
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ from seedstack.robustness.v1 import robustness_pb2 as pb
 
 from clients.robustness import RobustnessClient
 from services.common.server import GrpcServer
+from services.robustness.actuators import PrewarmedLocalActuator
 from services.robustness.config import RobustnessConfig
 from services.robustness.core import Controller
 from services.robustness.server import create_server
@@ -73,6 +79,7 @@ async def running_drill(
     server = await create_server(RobustnessConfig(redis_url=redis_url, port=0, **{**FAST, **(config or {})}))
     await server.server.start()
     controller = _controller_of(server)
+    await asyncio.wait_for(controller.ready.wait(), timeout=60.0)
     address = f"127.0.0.1:{server.port}"
     argv = [
         sys.executable,
@@ -96,6 +103,7 @@ async def running_drill(
             argv=argv,
             host=f"node{r // ranks_per_host}",
             groups={"dp": list(range(world_size))},
+            actuator=PrewarmedLocalActuator(),
             workdir=workdir,
             log_path=workdir / f"rank{r}.log",
         )
@@ -111,6 +119,7 @@ async def running_drill(
             host=f"standby{i}",
             standby=True,
             groups={"dp": list(range(world_size))},
+            actuator=PrewarmedLocalActuator(),
             workdir=workdir,
             log_path=workdir / f"standby{i}.log",
         )

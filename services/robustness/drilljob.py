@@ -33,6 +33,9 @@ from services.robustness.sidecar import ENV_GENERATION, ENV_RESUME_STEP, ENV_SKI
 
 HIDDEN = 64
 BATCH = 32
+LEARNING_RATE = 0.05
+"""Plain SGD, applied by hand: ``torch.optim`` imports ``torch._dynamo`` on first use (seconds of
+start-up on a small machine), which would dominate every restart of this small job."""
 
 
 def make_batch(step: int, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(16, HIDDEN), torch.nn.Tanh(), torch.nn.Linear(HIDDEN, 1))
-    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    params = list(model.parameters())
     start = 0
     if resume_step >= 0:
         if agent is not None:
@@ -85,7 +88,6 @@ def main(argv: list[str] | None = None) -> int:
                 agent.checkpoint_rejected(r.step, str(r.path), r.expected_sha256, r.actual_sha256, step)
         if state is not None:
             model.load_state_dict(state["model"])
-            opt.load_state_dict(state["opt"])
             start = step + 1
     start = max(start, skip_until)
     last_step_s = 0.0
@@ -101,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
             agent.set_phase(Phase.FORWARD_BACKWARD, step)
         if fault is not None:
             fire_blocking(fault)
-        opt.zero_grad()
+        for p in params:
+            p.grad = None
         loss = torch.nn.functional.mse_loss(model(x), y)
         if fault is not None and fault.kind == "nan":
             loss = loss * float("nan")
@@ -133,13 +136,15 @@ def main(argv: list[str] | None = None) -> int:
             for g in grads:
                 g.copy_(flat[offset : offset + g.numel()].view_as(g))
                 offset += g.numel()
-            opt.step()
+            with torch.no_grad():
+                for p, g in zip(params, grads, strict=True):
+                    p.add_(g, alpha=-LEARNING_RATE)
         if rank == 0 and args.ckpt_every and step % args.ckpt_every == 0:
             if agent is not None:
                 agent.set_phase(Phase.CHECKPOINT, step)
             if fault is not None and fault.kind == "checkpoint-delay":
                 time.sleep(fault.seconds)
-            path, sha = checkpoints.save(args.dir, step, {"model": model.state_dict(), "opt": opt.state_dict()})
+            path, sha = checkpoints.save(args.dir, step, {"model": model.state_dict()})
             if agent is not None:
                 agent.checkpoint_saved(step, str(path), sha)
         last_step_s = time.monotonic() - t0

@@ -13,7 +13,8 @@ from services.robustness.servicer import RobustnessServicer
 
 
 async def create_server(config: RobustnessConfig) -> GrpcServer:
-    """A server with the Robustness servicer and its controller (rebuilt from Redis); SERVING once Redis answers."""
+    """A server with the Robustness servicer and its controller; SERVING once Redis answers and the controller
+    has rebuilt its state from it (a Redis that is down at start is waited for, not a failure)."""
     meta = RedisMeta.from_url(config.redis_url, "robustness")
     controller = Controller(config, meta)
     await controller.start()
@@ -21,6 +22,7 @@ async def create_server(config: RobustnessConfig) -> GrpcServer:
         service_info("robustness"),
         config,
         [(robustness_pb2_grpc.add_RobustnessServicer_to_server, RobustnessServicer(controller))],
+        extra_checks=[("state", controller.check_ready)],
     )
     server.on_close.append(meta.close)
     server.on_close.append(controller.close)

@@ -7,7 +7,7 @@ through SIGUSR1; a process found stopped is reported as such), restarts in place
 standby) adopting an evicted rank. A restart registers again: every incarnation has its own agent id.
 
 Run: ``python -m services.robustness.sidecar --address HOST:PORT --job J --rank R --world-size W
-[--host NODE] [--standby] [--actuator local|docker|kubernetes] -- COMMAND ...``
+[--host NODE] [--standby] [--actuator local|local-prewarmed|docker|kubernetes] -- COMMAND ...``
 """
 
 from __future__ import annotations
@@ -112,6 +112,10 @@ class Sidecar:
         try:
             if self.standby:
                 await self._register(standby=True)
+                # A warm standby: what it will run is started ahead as far as the actuator can.
+                await self.actuator.prepare(
+                    LaunchSpec(argv=self.argv, env=self.env, cwd=self.workdir, name=self.job_id)
+                )
             else:
                 await self._launch(generation=None, resume_step=-1, skip_until=0)
             await self._done.wait()
@@ -125,6 +129,8 @@ class Sidecar:
             self._expected_exit = True
             with contextlib.suppress(Exception):
                 await self.workload.kill()
+        with contextlib.suppress(Exception):
+            await self.actuator.close()
         await self._drain()
         for task in [*self._tasks, self._watch, self._stream]:
             if task is not None and task is not asyncio.current_task():
@@ -346,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--world-size", type=int, required=True)
     parser.add_argument("--host", default=os.uname().nodename, help="node name reported for this rank")
     parser.add_argument("--standby", action="store_true", help="a warm standby: wait for ADOPT_RANK")
-    parser.add_argument("--actuator", default="local", choices=["local", "docker", "kubernetes"])
+    parser.add_argument("--actuator", default="local", choices=["local", "local-prewarmed", "docker", "kubernetes"])
     parser.add_argument("--log", type=Path, help="append the process's output here")
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)

@@ -6,9 +6,11 @@ last-checkpoint. Every figure it prints is simulated; every parameter is listed 
 from __future__ import annotations
 
 import random
+import time
 from dataclasses import asdict, dataclass, field
 
 from services.robustness.ettr import EttrTracker
+from services.robustness.localize import outliers_by_stacks, with_layout
 from services.robustness.model import FaultKind, RecoveryAction
 from services.robustness.recovery import RecoveryBudget
 
@@ -44,13 +46,14 @@ class SimParams:
             "num_gpus, days": "ByteRobust paper: a three-month job on 9,600 GPUs",
             "gpus_per_node": "8 GPUs per node (ByteRobust's and Meta's clusters)",
             "failures_per_1000_node_days": "Meta, Kokolis et al. 2024 (Revisiting Reliability in Large-Scale ML "
-            "Research Clusters): r_f = 6.50 failures per 1000 node-days on RSC-1",
+            "Research Clusters): r_f = 6.50 failures per 1000 node-days on RSC-1 (recalled; not checked against "
+            "the paper in this repository)",
             "failure mix": f"ByteRobust paper (ANCHORS.md): {PAPER_MIX}, rest counted as crashes",
             "step_s": "assumed 10 s per step of a large LLM job (sets only the loss granularity)",
             "checkpoint_every_steps_ours": "ByteRobust: checkpoints every step, backed up outside the eviction domain",
             "checkpoint_every_s_baseline": "assumed 30 min, a common periodic checkpoint interval",
-            "detect_s, localize_s, restart_in_place_s, replace_node_s": "measured in this run's fault campaign "
-            "(p50), not scaled: heartbeat/progress detection and per-node restarts are O(1) in job size",
+            "detect_s, localize_s, restart_in_place_s, replace_node_s": "this run's fault campaign (p50) scaled to "
+            "num_gpus by ScalingModel: see figures.sim.scaling for each term, its value and its source",
             "baseline_restart_s": "Meta study (ANCHORS.md): restarts cost 5-20 minutes at scale; 10 min taken",
             "baseline_hang_timeout_s": "NCCL's default collective timeout of 10 min (ANCHORS: 10-30 min)",
             "baseline_nan_notice_s": "assumed 1 h until a person notices a NaN loss curve",
@@ -154,3 +157,158 @@ def simulate(p: SimParams, policy: str) -> SimResult:
 def describe(p: SimParams) -> dict[str, object]:
     """The parameters as JSON."""
     return asdict(p)
+
+
+@dataclass(frozen=True)
+class Campaign:
+    """What the fault campaign measured on its small job (p50s), in its own configuration."""
+
+    world_size: int
+    crash_detect_s: float
+    silent_hang_detect_s: float
+    """A rank that went silent (SIGSTOP): found by the liveness timeout."""
+    liveness_timeout_s: float
+    """The drill's liveness timeout that ``silent_hang_detect_s`` includes."""
+    nan_detect_steps: float
+    straggler_detect_s: float
+    straggler_step_s: float
+    """Step time of the job while it waited for the slowed rank."""
+    hang_localize_s: float
+    """Stack dumps requested from every rank (in parallel) and grouped."""
+    restart_in_place_s: float
+    replace_node_s: float
+    store_op_s: float
+    """One round trip to a torch.distributed TCPStore, measured beside the campaign."""
+
+
+@dataclass(frozen=True)
+class ScalingModel:
+    """How each campaign time grows from ``Campaign.world_size`` ranks to ``num_gpus``.
+
+    - Detection of crashes and silent ranks is per rank (each sidecar and agent talks to the
+      controller on its own): it does not grow with the job. At scale it runs under the service's
+      default timeouts (``RobustnessConfig``), not the drill's short ones: the measured overhead
+      above the drill's timeout is kept and the default timeout added. Hangs with live heartbeats
+      (most collective hangs) wait for the no-progress timeout, ``max(hang_min_timeout_s,
+      hang_step_multiplier * step_s)``.
+    - Stragglers are judged over ``straggler_window_steps * straggler_windows`` steps: detection
+      grows with the step time, not with the job.
+    - Localisation: dumps are taken in parallel (the campaign's time), then grouped by one
+      controller: linear in the number of ranks; the grouping is timed here on ``num_gpus``
+      synthetic dumps with the controller's own functions.
+    - Restart in place: the per-node relaunch is parallel (the campaign's time), the rendezvous is
+      not: every rank makes ``store_ops_per_rank`` round trips to one TCPStore (rendezvous count,
+      communicator id, init barrier) and the communicator's bootstrap all-gather is a ring of
+      ``num_gpus`` hops; both are linear in the ranks, at the measured store round trip. Loading the
+      checkpoint shard is per node, in parallel: bytes per node over the node's read bandwidth.
+    - Replacing a node: the restart plus what the campaign measured on top of it (adopting a standby).
+    """
+
+    num_gpus: int = 9600
+    gpus_per_node: int = 8
+    step_s: float = 10.0
+    liveness_timeout_s: float = 5.0
+    hang_min_timeout_s: float = 30.0
+    hang_step_multiplier: float = 5.0
+    straggler_window_steps: int = 5
+    straggler_windows: int = 3
+    store_ops_per_rank: int = 3
+    checkpoint_bytes_per_gpu: float = 1.2e9
+    checkpoint_read_bytes_per_s_per_node: float = 10e9
+
+    def sources(self) -> dict[str, str]:
+        """Where each parameter comes from."""
+        return {
+            "num_gpus, gpus_per_node, step_s": "as SimParams",
+            "liveness_timeout_s, hang_min_timeout_s, hang_step_multiplier, straggler_window_steps, "
+            "straggler_windows": "RobustnessConfig defaults (what the service runs with outside drills)",
+            "store_ops_per_rank": "c10d rendezvous as torch.distributed does it: a rank-count add, a get of the "
+            "communicator id, a barrier add: 3 round trips per rank to the one store",
+            "store_op_s": "measured in this run: TCPStore set/get round trips on loopback",
+            "checkpoint_bytes_per_gpu": "assumed: a 70B-parameter model's bf16 weights and fp32 Adam state "
+            "(16 bytes/parameter, 1.1 TB) sharded over 960 GPUs of one replica",
+            "checkpoint_read_bytes_per_s_per_node": "assumed: 10 GB/s per node, reading a peer's in-memory "
+            "backup over the network (ByteRobust keeps checkpoints outside the eviction domain)",
+        }
+
+    def scale(self, m: Campaign) -> tuple[dict[str, float], dict[str, float]]:
+        """(detect_s by kind + localize_s, restart_in_place_s, replace_node_s; every term at both sizes)."""
+        n0, n = m.world_size, self.num_gpus
+        overhead_s = max(0.0, m.silent_hang_detect_s - m.liveness_timeout_s)
+        progress_timeout_s = max(self.hang_min_timeout_s, self.hang_step_multiplier * self.step_s)
+        straggler_steps = self.straggler_window_steps * self.straggler_windows
+        group_s = grouping_time_s(n)
+        rendezvous_s = (n - n0) * (self.store_ops_per_rank + 1) * m.store_op_s
+        load_s = self.gpus_per_node * self.checkpoint_bytes_per_gpu / self.checkpoint_read_bytes_per_s_per_node
+        restart_s = m.restart_in_place_s + rendezvous_s + load_s
+        adopt_s = max(0.0, m.replace_node_s - m.restart_in_place_s)
+        terms = {
+            "crash_detect_s": m.crash_detect_s,
+            "silent_hang_detect_s": overhead_s + self.liveness_timeout_s,
+            "progress_hang_detect_s": overhead_s + progress_timeout_s,
+            "nan_detect_s": max(m.nan_detect_steps, 1.0) * self.step_s,
+            "straggler_detect_s": straggler_steps * self.step_s,
+            "straggler_detect_steps_measured": m.straggler_detect_s / max(m.straggler_step_s, 1e-9),
+            "localize_dumps_s": m.hang_localize_s,
+            "localize_grouping_s": group_s,
+            "restart_measured_s": m.restart_in_place_s,
+            "rendezvous_added_s": rendezvous_s,
+            "checkpoint_load_s": load_s,
+            "adopt_standby_s": adopt_s,
+        }
+        scaled = {
+            "crash": m.crash_detect_s,
+            "hang": terms["progress_hang_detect_s"],
+            "nan": terms["nan_detect_s"],
+            "straggler": terms["straggler_detect_s"],
+            "localize_s": m.hang_localize_s + group_s,
+            "restart_in_place_s": restart_s,
+            "replace_node_s": restart_s + adopt_s,
+        }
+        return scaled, terms
+
+
+_DUMP = """Thread 0x00007f01 (most recent call first):
+  File "/x/threading.py", line 320 in wait
+  File "/x/agent.py", line 10 in _run_thread
+
+Current thread 0x00007f02 (most recent call first):
+  File "/x/distributed_c10d.py", line {line} in all_reduce
+  File "/x/train.py", line 120 in step
+  File "/x/train.py", line 200 in main
+"""
+_BLOCKED = """Current thread 0x00007f09 (most recent call first):
+  File "/x/loader.py", line 77 in next_batch
+  File "/x/train.py", line 101 in main
+"""
+
+
+def grouping_time_s(num_ranks: int) -> float:
+    """Seconds the controller takes to group ``num_ranks`` stack dumps and order the suspects (timed)."""
+    dumps = {r: _DUMP.format(line=2000 + r % 7) for r in range(num_ranks)}
+    dumps[num_ranks // 2] = _BLOCKED
+    ranks = list(range(num_ranks))
+    groups = {r: {"tp": [r - r % 8 + i for i in range(8)]} for r in ranks}
+    started = time.perf_counter()
+    suspects = with_layout(outliers_by_stacks(dumps, ranks), ranks, groups)
+    elapsed = time.perf_counter() - started
+    if suspects[0] != num_ranks // 2:
+        raise AssertionError(f"grouping blamed rank {suspects[0]}, not {num_ranks // 2}")
+    return elapsed
+
+
+def store_round_trip_s(num_ops: int = 2000) -> float:
+    """Mean seconds of one set/get round trip to a torch.distributed TCPStore on loopback."""
+    from datetime import timedelta
+
+    from torch.distributed import TCPStore
+
+    store = TCPStore("127.0.0.1", 0, 1, True, timedelta(seconds=30))
+    store.set("warm", "1")
+    started = time.perf_counter()
+    for i in range(num_ops // 2):
+        store.set(f"k{i % 64}", "x")
+        store.get(f"k{i % 64}")
+    elapsed = time.perf_counter() - started
+    del store
+    return elapsed / (2 * (num_ops // 2))

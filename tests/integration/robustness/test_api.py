@@ -8,21 +8,23 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from seedstack.common.v1 import common_pb2
 from seedstack.robustness.v1 import robustness_pb2 as pb
 
-from clients.base import RPCError
+from clients.base import ClientOptions, RPCError
 from clients.robustness import RobustnessClient, incidents_table
 from services.common.server import GrpcServer
 from services.robustness.config import RobustnessConfig
 from services.robustness.drill import FAST, _controller_of
 from services.robustness.server import create_server
-from tests.support import assert_eventually
+from tests.support import RedisProcess, assert_eventually
 
 
 async def _serve(redis_url: str, **overrides: object) -> GrpcServer:
     server = await create_server(RobustnessConfig(redis_url=redis_url, port=0, **{**FAST, **overrides}))
     await server.server.start()
+    await assert_eventually(_controller_of(server).ready.is_set, message="state rebuilt from redis")
     return server
 
 
@@ -174,5 +176,30 @@ async def test_a_restarted_controller_rebuilds_jobs_agents_and_incidents_from_re
             incidents = (await client.list_incidents(pb.ListIncidentsRequest(job_id="k"))).incidents
             assert [i.fault for i in incidents] == [pb.FAULT_KIND_CORRUPT_CHECKPOINT]
             assert (await client.get_ettr(pb.GetEttrRequest(job_id="k"))).cumulative.wall_s > 0
+    finally:
+        await server.stop(0)
+
+
+async def test_a_controller_started_while_redis_is_down_waits_for_it_not_serving(own_redis: RedisProcess) -> None:
+    own_redis.stop()
+    server = await create_server(RobustnessConfig(redis_url=own_redis.url, port=0, **FAST))
+    await server.server.start()
+    try:
+        address = f"127.0.0.1:{server.port}"
+        async with RobustnessClient(address, ClientOptions(max_attempts=1)) as client:
+            health = health_pb2_grpc.HealthStub(client.channel)
+            reply = await health.Check(health_pb2.HealthCheckRequest())
+            assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+            with pytest.raises(RPCError) as err:
+                await client.register_agent(_register(0))
+            assert err.value.code == grpc.StatusCode.UNAVAILABLE
+            own_redis.start()
+
+            async def serving() -> bool:
+                reply = await health.Check(health_pb2.HealthCheckRequest())
+                return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+            await assert_eventually(serving, timeout_s=30.0, interval_s=0.2, message="SERVING once redis is back")
+            assert (await client.register_agent(_register(0))).agent_id
     finally:
         await server.stop(0)
