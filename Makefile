@@ -32,11 +32,11 @@ lint: setup
 test: setup
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-# Until the main job lands (issue #9), `make run` brings the local stack up, shows it, takes it down.
-RUN_DIR ?= runs/make-run
+# The main job: a fresh local stack, DAPO on the default job spec, a report in the run directory.
+JOB ?= deploy/jobs/default.yaml
+RUN_ARGS ?=
 run: setup
-	@$(BIN)/seedctl --run-dir $(RUN_DIR) up && $(BIN)/seedctl --run-dir $(RUN_DIR) status; \
-	  rc=$$?; $(BIN)/seedctl --run-dir $(RUN_DIR) down; exit $$rc
+	$(BIN)/seedctl run $(JOB) $(RUN_ARGS)
 
 up: setup
 	$(BIN)/seedctl up

@@ -7,6 +7,7 @@
     seedctl down      stops everything ``up`` started; no process is left behind
     seedctl incidents the robustness monitor's incident log
     seedctl gen3d IMG one image to a simulation-ready asset, with progress by stage
+    seedctl run JOB   the main RL job of a job spec on a fresh local stack, with a report at the end
 
 State and logs live in a run directory (``--run-dir``, else ``SEEDSTACK_RUN_DIR``, else
 ``runs/stack``), so several stacks can run side by side.
@@ -293,8 +294,9 @@ def _require_state(run_dir: Path) -> StackState:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="seedctl", description="Run and inspect a local seedstack.")
-    parser.add_argument("--run-dir", type=Path, default=Path(os.environ.get("SEEDSTACK_RUN_DIR", DEFAULT_RUN_DIR)),
-                        help="state and logs of this stack (default: $SEEDSTACK_RUN_DIR or runs/stack)")
+    parser.add_argument("--run-dir", type=Path, default=None,
+                        help="state and logs of this stack (default: $SEEDSTACK_RUN_DIR or runs/stack; "
+                        "for `run`, a new runs/job-<date>-<time>)")
     sub = parser.add_subparsers(dest="command", required=True)
     p_up = sub.add_parser("up", help="start redis (unless REDIS_URL is set) and every service; wait until SERVING")
     p_up.add_argument("--timeout-s", type=float, default=120.0, help="how long to wait for SERVING")
@@ -314,8 +316,15 @@ def main(argv: list[str] | None = None) -> int:
     p_gen3d.add_argument("--out", type=Path, default=Path("assets"), help="folder for the asset files")
     p_gen3d.add_argument("--class", dest="object_class", default="", help="object class, e.g. mug (sets defaults)")
     p_gen3d.add_argument("--size-m", type=float, default=0.0, help="largest dimension in metres (0 = class default)")
+    p_run = sub.add_parser("run", help="run an RL job spec on a fresh local stack; report in the run directory")
+    p_run.add_argument("job", type=Path, help="job spec (YAML), e.g. deploy/jobs/default.yaml")
+    p_run.add_argument("--keep-up", action="store_true", help="leave the stack running at the end")
+    p_run.add_argument("--inject-fault", default="", metavar="KIND@STEP",
+                       help="inject crash, hang or nan into trainer rank 1 at RL step STEP")
     args = parser.parse_args(argv)
-    run_dir: Path = args.run_dir
+    run_dir: Path = args.run_dir or (
+        Path("runs") / f"job-{time.strftime('%Y%m%d-%H%M%S')}" if args.command == "run"
+        else Path(os.environ.get("SEEDSTACK_RUN_DIR", DEFAULT_RUN_DIR)))
     try:
         if args.command == "up":
             only = [s.strip() for s in args.services.split(",") if s.strip()] or None
@@ -336,6 +345,16 @@ def main(argv: list[str] | None = None) -> int:
 
             return asyncio.run(run_gen3d_cli(_service_target(run_dir, "gen3d"), args.image, args.out,
                                              object_class=args.object_class, size_hint_m=args.size_m))
+        elif args.command == "run":
+            from clients.jobspec import JobSpecError, load_job_spec
+            from clients.mainjob import FaultRequest, JobError, run_job
+
+            try:
+                fault = FaultRequest.parse(args.inject_fault) if args.inject_fault else None
+                return run_job(load_job_spec(args.job), args.job, run_dir, keep_up=args.keep_up, fault=fault)
+            except (JobSpecError, JobError) as exc:
+                print(f"seedctl run: {exc}", file=sys.stderr)
+                return 1
         elif args.command == "down":
             existing = StackState.load(run_dir)
             if existing is None:

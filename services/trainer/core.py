@@ -105,6 +105,7 @@ class Trainer:
             ]
             env = dict(os.environ, OMP_NUM_THREADS=str(spec.num_threads), PYTHONUNBUFFERED="1")
             env["PYTHONPATH"] = os.pathsep.join([str(Path.cwd()), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+            env.update(await self._robustness_env(run_id))
             log = await asyncio.to_thread((run_dir / "ranks.log").open, "ab")
             try:
                 process = await asyncio.create_subprocess_exec(
@@ -127,6 +128,14 @@ class Trainer:
                 self._by_request[request_id] = run_id
             logger.info("run %s: %d rank(s), pid %d, dir %s", run_id, spec.num_ranks, process.pid, run_dir)
             return self.get_run(run_id)
+
+    async def _robustness_env(self, run_id: str) -> dict[str, str]:
+        """Where the ranks' robustness agents report (the agent library reads these), when a monitor runs."""
+        try:
+            address = await self._resolve("robustness")
+        except Exception:  # no monitor registered: the ranks run without an agent
+            return {}
+        return {"SEEDSTACK_ROBUSTNESS_ADDRESS": address, "SEEDSTACK_ROBUSTNESS_JOB_ID": run_id}
 
     def _prepare(self, run_id: str, spec: RunSpec) -> tuple[Path, Path]:
         """The run's directory and spec file; InvalidArgument for a resume file that is not there."""

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
+from opentelemetry import trace
 
 from services.common.errors import FailedPrecondition, InvalidArgument
 from services.trainer import algorithms as alg
@@ -32,6 +33,7 @@ from services.trainer.model import CharTokenizer, ValueModel, build_model, load_
 from services.trainer.spec import RunSpec
 
 logger = logging.getLogger(__name__)
+_tracer = trace.get_tracer(__name__)
 
 CHECKPOINT_FORMAT = 1
 DYNAMIC_SAMPLING_MAX_ROUNDS = 4
@@ -286,6 +288,8 @@ class Engine:
         self.warm_started = False
         self.num_skipped = 0
         self.times = StepTimes()
+        self.poison_next_loss = False
+        """Set by a fault injector: the next RL step's loss is NaN (found and skipped before the optimizer)."""
 
     # ----- building blocks -----
 
@@ -496,12 +500,21 @@ class Engine:
         check_samples(samples)
         t1 = time.monotonic()
         metrics = self.train_on(samples)
+        metrics.update(self._staleness(samples))
         metrics["data_wait_s"] = t1 - t0
         metrics["step_time_s"] = time.monotonic() - t0
         num_tokens, num_samples = metrics["num_tokens"], metrics["num_samples"]
         metrics["tokens_per_s"] = num_tokens / metrics["step_time_s"]
         metrics["samples_per_s"] = num_samples / metrics["step_time_s"]
         return metrics
+
+    def _staleness(self, samples: Sequence[TrainSample]) -> dict[str, float]:
+        """Samples of the global batch by staleness (versions behind the policy being trained), 0..7+."""
+        counts = [0.0] * 8
+        for s in samples:
+            if s.version > 0:
+                counts[min(max(self.version - s.version, 0), 7)] += 1.0
+        return {f"staleness_{k}": n for k, n in enumerate(self.comm.sum_floats(counts))}
 
     def _rewards(self, samples: Sequence[TrainSample]) -> torch.Tensor:
         rewards = torch.tensor([s.reward for s in samples], dtype=torch.float32)
@@ -602,6 +615,8 @@ class Engine:
                 dtype=torch.float64,
             )
         sums = self.comm.sum_(stats)
+        if self.poison_next_loss:
+            loss_total, self.poison_next_loss = torch.tensor(math.nan), False
         loss_value = self.comm.sum_floats([float(loss_total)])[0]
         self.times.forward_backward_s = time.monotonic() - t_fb
         t_opt = time.monotonic()
@@ -758,12 +773,15 @@ class Engine:
                     end_state = "STOPPED"
                     self.reporter.state("STOPPING")
                 break
-            metrics = self.rl_step()
-            self.step += 1
-            if metrics["applied"]:
-                metrics["publish_s"] = self.publish()
-            else:
-                metrics["publish_s"] = 0.0
+            # One span per RL step: NextBatch (data plane) and Publish (weight hub) join its trace.
+            with _tracer.start_as_current_span("trainer.rl_step", attributes={"rl.step": self.step + 1}) as span:
+                metrics = self.rl_step()
+                self.step += 1
+                if metrics["applied"]:
+                    metrics["publish_s"] = self.publish()
+                else:
+                    metrics["publish_s"] = 0.0
+                span.set_attribute("rl.version", self.version)
             self.reporter.step(self.step, metrics)
             if on_step is not None:
                 on_step(self.step, metrics)

@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -20,12 +21,46 @@ import torch.distributed as dist
 import yaml
 
 from services.common.logs import init_logging
+from services.common.telemetry import init_telemetry, shutdown_telemetry
+from services.robustness.agent import Agent
+from services.robustness.faults import FaultPlan, fire_blocking
+from services.robustness.model import Phase
 from services.trainer.engine import Comm, Control, Engine, NullReporter, Reporter
 from services.trainer.remote import connect_feed, connect_sink
 from services.trainer.spec import RunSpec
 from services.trainer.status import STOP_FILE, StatusFile
 
 logger = logging.getLogger(__name__)
+
+ENV_FAULT_FILE = "SEEDSTACK_FAULT_FILE"
+"""Armed-fault file (``services.robustness.faults.arm``) this rank's fault plan polls; unset for none."""
+
+
+def start_agent() -> Agent | None:
+    """The robustness monitor's agent of this rank, when the launcher said where the monitor is."""
+    agent = Agent.from_env()
+    if agent is not None:
+        agent.start(timeout_s=10)  # phase STARTUP (warm start included) until the first RL step reports
+    return agent
+
+
+def agent_reporter(agent: Agent | None) -> Callable[[int, dict[str, float]], None] | None:
+    """The engine's per-step callback that reports each step to the agent."""
+    if agent is None:
+        return None
+
+    def report(step: int, metrics: dict[str, float]) -> None:
+        agent.set_phase(Phase.FORWARD_BACKWARD, step)
+        agent.step_metrics(
+            step,
+            loss=metrics["policy_loss"],
+            grad_norm=metrics["grad_norm"],
+            has_nan_or_inf=not metrics["applied"],
+            step_time_s=metrics["step_time_s"],
+            compute_time_s=metrics["forward_backward_s"],
+        )
+
+    return report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-dir", type=Path, required=True, help="status, stop file and default checkpoints")
     args = parser.parse_args(argv)
     init_logging("trainer")
+    init_telemetry("trainer-rank")
     args.run_dir.mkdir(parents=True, exist_ok=True)
     spec = RunSpec.from_dict(yaml.safe_load(args.spec.read_text()) or {})
     torch.set_num_threads(spec.num_threads)
@@ -55,7 +91,26 @@ def main(argv: list[str] | None = None) -> int:
         feed = connect_feed(spec, comm.rank)
         checkpoint_dir = Path(spec.checkpoint.dir) if spec.checkpoint.dir else args.run_dir / "checkpoints"
         engine = Engine(spec, comm=comm, reporter=reporter, sink=sink, feed=feed, checkpoint_dir=checkpoint_dir)
-        engine.run(Control(stop_file=args.run_dir / STOP_FILE))
+        agent = start_agent()
+        report = agent_reporter(agent)
+        faults = FaultPlan(Path(os.environ[ENV_FAULT_FILE]), comm.rank) if os.environ.get(ENV_FAULT_FILE) else None
+
+        def on_step(step: int, metrics: dict[str, float]) -> None:
+            if report is not None:
+                report(step, metrics)
+            fault = faults.due(step + 1) if faults is not None else None
+            if fault is not None:
+                logger.warning("injected fault %s at step %d on rank %d", fault.kind, step + 1, comm.rank)
+                if fault.kind == "nan":
+                    engine.poison_next_loss = True
+                else:
+                    fire_blocking(fault)
+
+        try:
+            engine.run(Control(stop_file=args.run_dir / STOP_FILE), on_step=on_step)
+        finally:
+            if agent is not None:
+                agent.close()
         return 0
     except Exception as exc:
         reason = f"rank {comm.rank}: {type(exc).__name__}: {getattr(exc, 'message', None) or exc}"
@@ -69,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
                 resource.close()
         if dist.is_initialized():
             dist.destroy_process_group()
+        shutdown_telemetry()
 
 
 if __name__ == "__main__":

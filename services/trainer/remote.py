@@ -14,6 +14,7 @@ from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
+from opentelemetry import context as otel_context
 
 from services.common.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument
 from services.trainer.spec import RunSpec
@@ -28,6 +29,15 @@ NEXT_BATCH_WAIT_S = 2.0
 MAX_FILL_ROUNDS = 50
 
 
+async def _in_context(coro: Coroutine[Any, Any, T], ctx: otel_context.Context) -> T:
+    # The loop runs in another thread: carry the step's span over so its RPCs join the step's trace.
+    token = otel_context.attach(ctx)
+    try:
+        return await coro
+    finally:
+        otel_context.detach(token)
+
+
 class LoopThread:
     """An event loop in a daemon thread; ``call`` runs a coroutine on it and waits for the result."""
 
@@ -37,8 +47,10 @@ class LoopThread:
         self._thread.start()
 
     def call(self, coro: Coroutine[Any, Any, T], timeout_s: float | None = 300.0) -> T:
-        """Run ``coro`` on the loop; its exception is raised here."""
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout_s)
+        """Run ``coro`` on the loop, inside the caller's trace context; its exception is raised here."""
+        return asyncio.run_coroutine_threadsafe(_in_context(coro, otel_context.get_current()), self.loop).result(
+            timeout_s
+        )
 
     def close(self) -> None:
         """Stop the loop and the thread."""

@@ -313,6 +313,12 @@ class RunSpec:
         return dataclasses.replace(self, **changes)
 
 
+def build_dataclass(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """Frozen dataclass ``cls`` from a (partial) mapping: nested dataclasses, bool/int/float/str fields;
+    an unknown field or a value of the wrong type raises InvalidArgument naming ``prefix.field``."""
+    return _build(cls, data, prefix)
+
+
 def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
     if not isinstance(data, dict):
         raise InvalidArgument(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {type(data).__name__}")

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 STATUS_FILE = "status.json"
+STEPS_FILE = "steps.jsonl"
 STOP_FILE = "stop"
 TERMINAL_STATES = ("COMPLETED", "STOPPED", "FAILED")
 
@@ -65,6 +66,9 @@ class StatusFile:
         self.data["step"] = step
         self.data["metrics"] = metrics
         self._write()
+        # Every step's figures, not just the latest: what a job report plots afterwards.
+        with (self.path.parent / STEPS_FILE).open("a") as f:
+            f.write(json.dumps({"step": step, "at": self.data["updated_at"], **metrics}) + "\n")
 
     def evaluation(self, step: int, accuracy: float, num_prompts: int) -> None:
         self.data["evals"].append({"step": step, "accuracy": accuracy, "num_prompts": num_prompts, "at": time.time()})

@@ -1,0 +1,446 @@
+"""``seedctl run JOB.yaml``: the main job on the local stack, watched live, reported at the end.
+
+1. checks the job spec and the run directory, writes the task's RL prompts into it;
+2. brings the stack up (``seedctl up``: Redis, data plane, weight hub, trainer, robustness monitor and
+   ``rollout.num_servers`` rollout servers);
+3. submits the RL plan to the data plane, starts the trainer run (warm start, then RL on the data
+   plane's batches, publishing every version to the weight hub) and the worker loop of every rollout
+   server (NextPrompts -> generate -> verify -> PutSamples, following the hub's versions);
+4. polls everything once a second and keeps one progress line up to date;
+5. writes the report (``clients.jobreport``) and takes the stack down (unless ``--keep-up``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from clients.jobspec import WEIGHTHUB_MODEL, JobSpec
+
+FAULT_KINDS = ("crash", "hang", "nan")
+SERVICES = ("dataplane", "weighthub", "trainer", "robustness", "rollout")
+POLL_S = 1.0
+
+
+class JobError(Exception):
+    """A failure worth one line to the user."""
+
+
+@dataclass(frozen=True)
+class FaultRequest:
+    """``--inject-fault KIND@STEP``."""
+
+    kind: str
+    step: int
+
+    @classmethod
+    def parse(cls, text: str) -> FaultRequest:
+        kind, _, step = text.partition("@")
+        kind = kind.strip().lower()
+        if kind not in FAULT_KINDS or not step.strip().isdigit() or int(step) < 1:
+            raise JobError(
+                f"--inject-fault {text!r}: expected KIND@STEP with KIND one of {', '.join(FAULT_KINDS)} and STEP >= 1"
+            )
+        return cls(kind, int(step))
+
+
+@dataclass
+class Timeline:
+    """What the job saw while it ran (the report's raw material)."""
+
+    started_unix_s: float
+    polls: list[dict[str, Any]] = field(default_factory=list)
+    """One entry per poll: t_s, state, step, version, reward, served versions, idle fractions..."""
+    swaps: list[dict[str, Any]] = field(default_factory=list)
+    """One entry per weight swap seen: server, version, stall_s, t_s."""
+    evals: list[dict[str, Any]] = field(default_factory=list)
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    """Every trainer step's figures (the run's steps.jsonl)."""
+    run: dict[str, Any] = field(default_factory=dict)
+    incidents: list[dict[str, Any]] = field(default_factory=list)
+    ettr: dict[str, Any] = field(default_factory=dict)
+    rollout_final: dict[str, dict[str, Any]] = field(default_factory=dict)
+    trace: dict[str, Any] = field(default_factory=dict)
+    rl_started_unix_s: float = 0.0
+    ended_unix_s: float = 0.0
+    end_state: str = ""
+    failure_reason: str = ""
+    fault: dict[str, Any] = field(default_factory=dict)
+
+
+def check_run_dir(run_dir: Path) -> None:
+    """A run directory must be new or empty: one holding another run's state or report is refused."""
+    from clients.seedctl import STATE_FILE, StackState, pid_alive
+
+    if not run_dir.exists():
+        return
+    if not run_dir.is_dir():
+        raise JobError(f"run directory {run_dir} is a file")
+    state = StackState.load(run_dir) if (run_dir / STATE_FILE).exists() else None
+    if state is not None:
+        alive = [p.name for p in state.processes() if pid_alive(p.pid)]
+        if alive:
+            raise JobError(
+                f"run directory {run_dir} has a stack running ({', '.join(alive)}); "
+                f"`seedctl --run-dir {run_dir} down` first, or pick another --run-dir"
+            )
+        raise JobError(
+            f"run directory {run_dir} is stale (state of a stack that is no longer running); "
+            "remove it or pick another --run-dir"
+        )
+    if any(run_dir.iterdir()):
+        raise JobError(
+            f"run directory {run_dir} is not empty (an earlier run's files); remove it or pick another --run-dir"
+        )
+
+
+def check_redis_url() -> None:
+    """With REDIS_URL set, the Redis it names must answer (else every service would fail to start)."""
+    url = os.environ.get("REDIS_URL", "")
+    if not url:
+        return
+    import redis
+
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+        client.ping()
+        client.close()
+    except Exception as exc:  # redis raises several kinds; any means "not reachable"
+        raise JobError(f"Redis at REDIS_URL={url} is not reachable: {exc}") from None
+
+
+def service_env(spec: JobSpec, run_dir: Path) -> dict[str, str]:
+    """Environment of the services this job starts: the model, loopback binds, the trainer's runs dir."""
+    return {
+        "SEEDSTACK_ROLLOUT_MODEL_CONFIG_JSON": spec.model.config_json(),
+        "SEEDSTACK_ROLLOUT_NUM_THREADS": "1",
+        "SEEDSTACK_ROLLOUT_MODEL_SEED": str(spec.seed),
+        "SEEDSTACK_ROLLOUT_WEIGHTS_BIND_HOST": "127.0.0.1",
+        "SEEDSTACK_TRAINER_PUBLISH_BIND_HOST": "127.0.0.1",
+        "SEEDSTACK_TRAINER_RUNS_DIR": str((run_dir / "trainer").resolve()),
+        "SEEDSTACK_TRAINER_STOP_TIMEOUT_S": "30",
+        "OMP_NUM_THREADS": "1",
+    }
+
+
+def run_job(
+    spec: JobSpec,
+    spec_path: Path,
+    run_dir: Path,
+    *,
+    keep_up: bool = False,
+    fault: FaultRequest | None = None,
+    out: Any = None,
+) -> int:
+    """The whole job; returns the exit status (0: the run completed and the report is written)."""
+    from clients.jobreport import write_report
+    from clients.seedctl import STATE_FILE, SeedctlError, stop_processes, up
+
+    out = out or sys.stdout
+    check_run_dir(run_dir)
+    check_redis_url()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    report_path = run_dir / "report.md"
+    print(f"seedctl run: run directory {run_dir}", file=out)
+    print(f"seedctl run: report will be {report_path} (plots and figures.json beside it)", file=out)
+    (run_dir / "job.json").write_text(
+        json.dumps(
+            {"spec_file": str(spec_path), "spec": spec.to_dict(), "fault": fault.__dict__ if fault else None}, indent=2
+        )
+    )
+    prompts_path = run_dir / "rl_prompts.jsonl"
+    spec.write_rl_prompts(prompts_path)
+    os.environ.update(service_env(spec, run_dir))
+    if fault is not None:
+        from services.robustness.faults import ArmedFault, arm
+
+        fault_file = (run_dir / "fault.json").resolve()
+        # "hang" blocks the rank's main thread while its heartbeats go on: no progress, as a real hang.
+        arm(
+            fault_file,
+            ArmedFault({"hang": "block"}.get(fault.kind, fault.kind), rank=1 % spec.trainer.num_ranks, step=fault.step),
+        )
+        os.environ["SEEDSTACK_FAULT_FILE"] = str(fault_file)
+    t0 = time.time()
+    try:
+        state = up(run_dir, spec.startup_timeout_s, list(SERVICES), {"rollout": spec.rollout.num_servers})
+    except SeedctlError as exc:
+        raise JobError(f"stack did not start: {str(exc).splitlines()[0]} (logs in {run_dir}/logs/)") from None
+    job_file = run_dir / "job.json"
+    job_file.write_text(
+        json.dumps({**json.loads(job_file.read_text()), "pids": [p.pid for p in state.processes()]}, indent=2)
+    )
+    timeline = Timeline(started_unix_s=t0)
+    code = 1
+    try:
+        addresses = {name: p.address for name, p in state.services.items()}
+        code = asyncio.run(_drive(spec, run_dir, prompts_path, addresses, timeline, fault, out))
+    except KeyboardInterrupt:
+        print("\nseedctl run: interrupted; taking the stack down", file=out)
+        code = 130
+    finally:
+        timeline.ended_unix_s = timeline.ended_unix_s or time.time()
+        if not keep_up:
+            stop_processes(state.processes())
+            (run_dir / STATE_FILE).unlink(missing_ok=True)
+    timeline.trace = find_step_trace(run_dir)
+    if timeline.polls:
+        figures = write_report(spec, run_dir, timeline)
+        acc = figures.get("acc_before"), figures.get("acc_after")
+        print(
+            f"seedctl run: {timeline.end_state.lower() or 'ended'} in {figures['wall_s'] / 60:.1f} min; "
+            f"held-out accuracy {_pct(acc[0])} -> {_pct(acc[1])}; report {report_path}",
+            file=out,
+        )
+    if keep_up:
+        print(f"seedctl run: stack left up; `seedctl --run-dir {run_dir} down` stops it", file=out)
+    else:
+        print(f"seedctl run: stack down ({run_dir}/logs/ keeps the services' logs)", file=out)
+    return code
+
+
+def find_step_trace(run_dir: Path) -> dict[str, Any]:
+    """An RL step's trace from the exported spans: its id, step and the services its spans come from."""
+    spans: list[dict[str, Any]] = []
+    for path in sorted((run_dir / "traces").glob("*.jsonl")):
+        for line in path.read_text(errors="replace").splitlines():
+            with contextlib.suppress(ValueError):
+                spans.append(json.loads(line))
+    steps = [s for s in spans if s.get("name") == "trainer.rl_step"]
+    if not steps:
+        return {}
+    services: dict[str, set[str]] = {}
+    for s in spans:
+        services.setdefault(str(s.get("trace_id")), set()).add(str(s.get("service")))
+    best = max(steps[len(steps) // 2 :] or steps, key=lambda s: len(services.get(str(s["trace_id"]), set())))
+    return {
+        "trace_id": best["trace_id"],
+        "step": best.get("attributes", {}).get("rl.step"),
+        "services": sorted(services.get(str(best["trace_id"]), set())),
+    }
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+async def _drive(
+    spec: JobSpec,
+    run_dir: Path,
+    prompts_path: Path,
+    addresses: dict[str, str],
+    timeline: Timeline,
+    fault: FaultRequest | None,
+    out: Any,
+) -> int:
+    from seedstack.dataplane.v1 import dataplane_pb2 as dp
+    from seedstack.robustness.v1 import robustness_pb2 as rb
+    from seedstack.rollout.v1 import rollout_pb2 as rp
+    from seedstack.trainer.v1 import trainer_pb2 as tp
+
+    from clients.base import RPCError
+    from clients.dataplane import DataPlaneClient
+    from clients.robustness import RobustnessClient, incident_row
+    from clients.rollout import RolloutClient
+    from clients.trainer import TrainerClient
+
+    job_id = uuid.uuid4().hex[:8]
+    servers = sorted(n for n in addresses if n.split("-")[0] == "rollout")
+    deadline = timeline.started_unix_s + spec.time_budget_s
+    async with contextlib.AsyncExitStack() as stack:
+        dataplane = await stack.enter_async_context(DataPlaneClient(addresses["dataplane"]))
+        trainer = await stack.enter_async_context(TrainerClient(addresses["trainer"]))
+        rollouts = {n: await stack.enter_async_context(RolloutClient(addresses[n])) for n in servers}
+        robustness = (
+            await stack.enter_async_context(RobustnessClient(addresses["robustness"]))
+            if "robustness" in addresses
+            else None
+        )
+        try:
+            plan_id = (
+                await dataplane.submit_plan(
+                    dp.SubmitPlanRequest(request_id=f"job-{job_id}-plan", mixture_yaml=spec.mixture_yaml(prompts_path))
+                )
+            ).plan_id
+            run_config = spec.run_config(plan_id=plan_id).to_dict()
+            for local in ("dataplane_address", "weighthub_address", "publish_bind_host"):
+                run_config.pop(local)
+            run_id = (
+                await trainer.start_run(
+                    tp.StartRunRequest(request_id=f"job-{job_id}-run", run_config_text=json.dumps(run_config))
+                )
+            ).run_id
+            r = spec.rollout
+            for name, client in rollouts.items():
+                await client.start_rollout(
+                    rp.StartRolloutRequest(
+                        request_id=f"job-{job_id}-{name}",
+                        dataplane_plan_id=plan_id,
+                        weighthub_model=WEIGHTHUB_MODEL,
+                        sampling=rp.SamplingParams(temperature=r.temperature, max_new_tokens=r.max_new_tokens),
+                        num_prompts_per_round=r.prompts_per_round,
+                        completion_ratio=r.completion_ratio,
+                        max_staleness_versions=r.max_staleness_versions,
+                    )
+                )
+        except RPCError as exc:
+            raise JobError(f"{exc.method}: {exc.code.name}: {exc.details}") from None
+        print(
+            f"seedctl run: plan {plan_id}, trainer run {run_id}, {len(servers)} rollout servers; "
+            f"RL for {spec.trainer.rl_time_budget_s:.0f} s after the warm start",
+            file=out,
+        )
+        timeline.run = {"run_id": run_id, "plan_id": plan_id, "run_dir": str(run_dir / "trainer" / run_id)}
+        last_swaps = {n: 0 for n in servers}
+        stopping = False
+        progress = Progress(out)
+        plan_stats = None
+        while True:
+            now = time.time()
+            run = (await trainer.get_run(tp.GetRunRequest(run_id=run_id))).run
+            state = tp.RunState.Name(run.state).removeprefix("RUN_STATE_")
+            stats: dict[str, Any] = {}
+            for name, client in rollouts.items():
+                with contextlib.suppress(RPCError):
+                    stats[name] = await client.stats(rp.StatsRequest(), timeout_s=5)
+            with contextlib.suppress(RPCError):
+                plan_stats = await dataplane.stats(dp.StatsRequest(plan_id=plan_id), timeout_s=5)
+            if state == "TRAINING" and not timeline.rl_started_unix_s:
+                timeline.rl_started_unix_s = now
+            for name, s in stats.items():
+                if s.num_weight_swaps > last_swaps[name]:
+                    timeline.swaps.append(
+                        {
+                            "server": name,
+                            "version": int(s.served_version),
+                            "stall_s": float(s.last_swap_stall_s),
+                            "t_s": now - timeline.started_unix_s,
+                            "num_swaps": int(s.num_weight_swaps),
+                        }
+                    )
+                    last_swaps[name] = int(s.num_weight_swaps)
+            timeline.evals = [
+                {
+                    "step": int(e.step),
+                    "accuracy": float(e.accuracy),
+                    "num_prompts": int(e.num_prompts),
+                    "t_s": e.evaluated_at.ToNanoseconds() / 1e9 - timeline.started_unix_s,
+                }
+                for e in run.evals
+            ]
+            served = [int(s.served_version) for s in stats.values()]
+            poll = {
+                "t_s": now - timeline.started_unix_s,
+                "state": state,
+                "step": int(run.step),
+                "version": int(run.published_version),
+                "reward": float(run.latest_step.reward_mean) if run.HasField("latest_step") else None,
+                "trainer_samples_per_s": float(run.latest_step.samples_per_s) if run.HasField("latest_step") else 0.0,
+                "dataplane_samples_per_s": float(plan_stats.samples_per_s) if plan_stats else 0.0,
+                "served": {n: int(s.served_version) for n, s in stats.items()},
+                "rollout_idle": {n: float(s.idle_fraction) for n, s in stats.items()},
+                "decode_tokens_per_s": {n: float(s.decode_tokens_per_s) for n, s in stats.items()},
+                "lag": (int(run.published_version) - min(served)) if served and run.published_version else 0,
+            }
+            timeline.polls.append(poll)
+            progress.show(spec, timeline, poll)
+            if robustness is not None and timeline.rl_started_unix_s:
+                with contextlib.suppress(RPCError):
+                    ettr = await robustness.get_ettr(rb.GetEttrRequest(job_id=run_id), timeout_s=5)
+                    if ettr.cumulative.wall_s > 0:
+                        series = timeline.ettr.setdefault("series", [])
+                        series.append([poll["t_s"], float(ettr.cumulative.ettr)])
+                        timeline.ettr["ettr"] = float(ettr.cumulative.ettr)
+            if state in ("COMPLETED", "STOPPED", "FAILED"):
+                timeline.end_state = state
+                timeline.failure_reason = run.failure_reason
+                break
+            if now > deadline and not stopping:
+                progress.note(f"job time budget ({spec.time_budget_s:.0f} s) spent: stopping the run")
+                await trainer.stop_run(tp.StopRunRequest(request_id=f"job-{job_id}-stop", run_id=run_id))
+                stopping = True
+            if now > deadline + 120:
+                timeline.end_state, timeline.failure_reason = "FAILED", "did not stop within 120 s of the budget"
+                break
+            await asyncio.sleep(POLL_S)
+        progress.done()
+        timeline.ended_unix_s = time.time()
+        for name, client in rollouts.items():
+            with contextlib.suppress(RPCError):
+                await client.stop_rollout(rp.StopRolloutRequest(request_id=f"job-{job_id}-stop-{name}"), timeout_s=10)
+            with contextlib.suppress(RPCError):
+                s = await client.stats(rp.StatsRequest(), timeout_s=5)
+                timeline.rollout_final[name] = {
+                    "served_version": int(s.served_version),
+                    "num_weight_swaps": int(s.num_weight_swaps),
+                    "num_samples_finished": int(s.num_samples_finished),
+                    "num_tokens_generated": int(s.num_tokens_generated),
+                }
+        if robustness is not None:
+            with contextlib.suppress(RPCError):
+                reply = await robustness.list_incidents(rb.ListIncidentsRequest(job_id=run_id), timeout_s=10)
+                for incident in reply.incidents:
+                    row: dict[str, Any] = incident_row(incident)
+                    row["t_s"] = incident.detected_at.ToNanoseconds() / 1e9 - timeline.started_unix_s
+                    timeline.incidents.append(row)
+        if fault is not None:
+            timeline.fault = {"kind": fault.kind, "step": fault.step, "rank": 1 % spec.trainer.num_ranks}
+        steps_file = run_dir / "trainer" / run_id / "steps.jsonl"
+        if steps_file.exists():
+            timeline.steps = [json.loads(line) for line in steps_file.read_text().splitlines() if line.strip()]
+    if timeline.end_state == "FAILED":
+        reason = timeline.failure_reason.splitlines()[0] if timeline.failure_reason else "?"
+        print(f"seedctl run: the trainer run failed: {reason}", file=out)
+        return 1
+    return 0
+
+
+class Progress:
+    """One live line (rewritten in place on a terminal, printed every 15 s otherwise)."""
+
+    def __init__(self, out: Any) -> None:
+        self.out = out
+        self.tty = bool(getattr(out, "isatty", lambda: False)())
+        self._last_print = 0.0
+        self._width = 0
+
+    def show(self, spec: JobSpec, timeline: Timeline, poll: dict[str, Any]) -> None:
+        elapsed = poll["t_s"]
+        acc = timeline.evals[-1]["accuracy"] if timeline.evals else None
+        if timeline.rl_started_unix_s:
+            rl_left = spec.trainer.rl_time_budget_s - (time.time() - timeline.rl_started_unix_s)
+            eta = f"ETA {max(rl_left, 0) + 15:.0f}s"
+        else:
+            eta = "ETA warm start"
+        samples_per_s = poll["dataplane_samples_per_s"] or poll["trainer_samples_per_s"]
+        reward = "-" if poll["reward"] is None else f"{poll['reward']:.2f}"
+        line = (
+            f"[{elapsed:5.0f}s] {poll['state'].lower():<9} step {poll['step']:>4}  reward {reward}  "
+            f"held-out acc {_pct(acc)}  {samples_per_s:5.1f} samples/s  version {poll['version']} "
+            f"(lag {poll['lag']})  {eta}"
+        )
+        if self.tty:
+            self.out.write("\r" + line.ljust(self._width))
+            self.out.flush()
+            self._width = len(line)
+        elif time.monotonic() - self._last_print >= 15:
+            print(line, file=self.out, flush=True)
+            self._last_print = time.monotonic()
+
+    def note(self, text: str) -> None:
+        self.done()
+        print(f"seedctl run: {text}", file=self.out, flush=True)
+
+    def done(self) -> None:
+        if self.tty and self._width:
+            self.out.write("\n")
+            self.out.flush()
+            self._width = 0

@@ -1,0 +1,75 @@
+"""The job spec: defaults, the shipped default file, and bad specs refused with the field named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from clients.jobspec import JobSpecError, load_job_spec, parse_job_spec
+from clients.mainjob import FaultRequest, JobError, check_run_dir
+
+DEFAULT_FILE = Path(__file__).resolve().parents[3] / "deploy" / "jobs" / "default.yaml"
+
+
+def test_the_shipped_default_is_the_defaults() -> None:
+    spec = load_job_spec(DEFAULT_FILE)
+    assert spec == parse_job_spec({})
+    assert spec.algorithm.name == "dapo" and spec.trainer.num_ranks == 2 and spec.rollout.num_servers == 2
+    run = spec.run_config(plan_id="p")
+    assert run.dataplane_plan_id == "p" and run.weighthub_model and not run.rollout.colocated
+    assert run.warm_start.num_steps > 0 and run.num_ranks == 2
+
+
+def test_a_partial_spec_keeps_the_other_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_text("rollout: {completion_ratio: 0.5}\nmodel: {hidden_size: 64, num_attention_heads: 2}\n")
+    spec = load_job_spec(path)
+    assert spec.rollout.completion_ratio == 0.5 and spec.rollout.num_servers == 2
+    assert '"hidden_size": 64' in spec.model.config_json() and "max_staleness_versions: 2" in spec.mixture_yaml(path)
+
+
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        ({"rollout": {"completion_ratio": 1.5}}, "rollout.completion_ratio"),
+        ({"rollout": {"max_staleness_versions": 0}}, "rollout.max_staleness_versions"),
+        ({"algorithm": {"name": "ppo"}}, "algorithm.name"),
+        ({"algorithm": {"clip_epsilon_low": -1}}, "algorithm.clip_epsilon_low"),
+        ({"algorithm": {"learning_rate": 5}}, "algorithm.learning_rate"),
+        ({"trainer": {"num_ranks": 3}}, "trainer.prompts_per_step"),
+        ({"trainer": {"num_ranks": "two"}}, "trainer.num_ranks"),
+        ({"trainer": {"rl_time_budget_s": 10000}}, "trainer.rl_time_budget_s"),
+        ({"task": {"ops": "/"}}, "task.ops"),
+        ({"eval": {"num_prompts": 10**6}}, "eval.num_prompts"),
+        ({"rolout": {}}, "rolout"),
+        ({"model": {"hidden_size": 100, "num_attention_heads": 3}}, "model.hidden_size"),
+    ],
+)
+def test_a_bad_spec_is_refused_with_the_field_named(data: dict[str, object], field: str) -> None:
+    with pytest.raises(JobSpecError) as err:
+        parse_job_spec(data)
+    assert str(err.value).startswith(field), str(err.value)
+
+
+def test_unreadable_files_and_bad_yaml(tmp_path: Path) -> None:
+    with pytest.raises(JobSpecError, match="cannot read"):
+        load_job_spec(tmp_path / "missing.yaml")
+    (tmp_path / "bad.yaml").write_text("rollout: [1,\n")
+    with pytest.raises(JobSpecError, match="not YAML"):
+        load_job_spec(tmp_path / "bad.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n")
+    with pytest.raises(JobSpecError, match="expected a mapping"):
+        load_job_spec(tmp_path / "list.yaml")
+
+
+def test_fault_requests_and_stale_run_directories(tmp_path: Path) -> None:
+    assert FaultRequest.parse("crash@5") == FaultRequest("crash", 5)
+    for bad in ("crash", "melt@3", "nan@0", "hang@x"):
+        with pytest.raises(JobError, match="--inject-fault"):
+            FaultRequest.parse(bad)
+    check_run_dir(tmp_path / "new")  # a new directory is fine
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "report.md").write_text("#")
+    with pytest.raises(JobError, match="not empty"):
+        check_run_dir(tmp_path / "old")
