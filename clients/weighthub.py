@@ -7,12 +7,12 @@ import asyncio
 import contextlib
 import logging
 import os
-import random
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 import torch
@@ -82,6 +82,12 @@ class WeightHubClient(BaseClient):
     ) -> pb.ReportHeldResponse:
         """Call WeightHub.ReportHeld (retried on UNAVAILABLE)."""
         return await self._unary("ReportHeld", request, timeout_s)  # type: ignore[no-any-return]
+
+    async def report_progress(
+        self, request: pb.ReportProgressRequest, *, timeout_s: float | None = None
+    ) -> pb.ReportProgressResponse:
+        """Call WeightHub.ReportProgress (retried on UNAVAILABLE)."""
+        return await self._unary("ReportProgress", request, timeout_s)  # type: ignore[no-any-return]
 
     async def report_read_failure(
         self, request: pb.ReportReadFailureRequest, *, timeout_s: float | None = None
@@ -530,6 +536,75 @@ class FetchStats:
     """Bytes read per holder id."""
 
 
+_PLAN_RPC_MARGIN_S = 5.0
+"""A plan request's deadline beyond the time the hub may hold it open."""
+
+
+class _Progress:
+    """Reports a fetch's verified chunks and finished sources to the hub in the background, one call
+    at a time, batching what arrives meanwhile (a chunk verified is served to others only once the
+    hub knows of it)."""
+
+    def __init__(
+        self, client: WeightHubClient, holder_id: str, model: str, version: int, *, serve_chunks: bool
+    ) -> None:
+        self._client = client
+        self._holder_id = holder_id
+        self._model = model
+        self._version = version
+        self._serve_chunks = serve_chunks
+        self._chunks: set[int] = set()
+        self._finished: set[str] = set()
+        self.reads_per_holder: dict[str, int] = {}
+        """Planned reads in flight per source (kept by the fetch): a source read from again since it
+        finished is not reported finished."""
+        self._wake = asyncio.Event()
+        self._task = asyncio.create_task(self._run(), name=f"weighthub-progress-{holder_id}")
+
+    def add_chunks(self, indices: Iterable[int]) -> None:
+        """Chunks now verified in this reader's buffers."""
+        if self._serve_chunks:
+            self._chunks.update(indices)
+            if self._chunks:
+                self._wake.set()
+
+    def finish_source(self, holder_id: str) -> None:
+        """Every planned read from ``holder_id`` ended: its read slot may go to another reader."""
+        self._finished.add(holder_id)
+        self._wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            chunks, self._chunks = self._chunks, set()
+            finished = {h for h in self._finished if not self.reads_per_holder.get(h)}
+            self._finished = set()
+            if not chunks and not finished:
+                continue
+            try:
+                await self._client.report_progress(
+                    pb.ReportProgressRequest(
+                        request_id=_request_id(),
+                        holder_id=self._holder_id,
+                        model=self._model,
+                        version=self._version,
+                        chunk_indices=sorted(chunks),
+                        finished_holder_ids=sorted(finished),
+                    )
+                )
+            except RPCError as exc:
+                # Only an optimisation: the chunks are served once the version is reported held,
+                # and the read leases end then (or at their expiry).
+                logger.info("progress report of v%d failed: %s", self._version, exc)
+
+    async def close(self) -> None:
+        """Stop reporting (the version's ReportHeld supersedes what is left)."""
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+
 class Reader:
     """Rollout side: watches versions, fetches them verified (only the changed chunks when it holds
     an older version), and then serves them to later readers as a holder.
@@ -555,13 +630,27 @@ class Reader:
         lease_ttl_s: float = 0.0,
         fetch_timeout_s: float = 300.0,
         reads_per_source: int = 2,
+        max_chunks_per_plan: int = 16,
+        plan_wait_s: float = 5.0,
     ) -> None:
+        """``max_chunks_per_plan`` bounds the chunks one plan names (0: no bound), so that readers
+        start on different chunks and serve them to each other while still fetching (chunk-level
+        pipelining; chunks are served as they verify, so a window of a few chunks is not needed for
+        that, and each plan costs a hub round trip); ``plan_wait_s`` is how long the hub may hold
+        a plan request open while every source is busy (the reader asks again after it, never
+        sleeping in between)."""
         if keep_versions < 1:
             raise ValueError(f"keep_versions must be >= 1, got {keep_versions}")
+        if max_chunks_per_plan < 0 or plan_wait_s <= 0:
+            raise ValueError(
+                f"max_chunks_per_plan must be >= 0 (got {max_chunks_per_plan}) and plan_wait_s > 0 (got {plan_wait_s})"
+            )
         self.model = model
         self._keep_versions = keep_versions
         self._fetch_timeout_s = fetch_timeout_s
         self._reads_per_source = reads_per_source
+        self._max_chunks_per_plan = max_chunks_per_plan
+        self._plan_wait_s = plan_wait_s
         self._held: dict[int, _Held] = {}
         self._lock = asyncio.Lock()
         self._membership = _Membership(
@@ -657,6 +746,11 @@ class Reader:
         version = int(manifest.version)
         if version in self._held and into is None:
             return dict(self._held[version].tensors)
+        expected = root_hash(
+            manifest.chunks[0].hash_algorithm if manifest.chunks else "xxh3_128", (c.hash_hex for c in manifest.chunks)
+        )
+        if expected != manifest.root_hash:
+            raise TransferError(f"manifest of v{version} does not match its root hash {manifest.root_hash}")
         metas = _tensor_metas(manifest)
         stats = FetchStats(version=version)
         destinations, recycled = await self._destinations(manifest, into)
@@ -670,9 +764,25 @@ class Reader:
                 stats.bytes_copied_locally = self._copy_unchanged(manifest, self._held[base], destinations, changed)
         if recycled is not None:
             del self._held[recycled]
+        holder = self._membership.holder
+        # Serve the destination buffers from the start: the hub plans reads of a chunk from this
+        # reader only once it reported that chunk verified. A version held already (a re-fetch into
+        # other buffers) stays served from the complete copy.
+        early = version not in self._held
+        progress = _Progress(self._client, self.holder_id, self.model, version, serve_chunks=early)
+        registered: list[str] = []
         try:
-            await self._read_chunks(manifest, metas, destinations, changed, base or 0, stats)
+            if early:
+                for tensor in manifest.tensors:
+                    meta = metas[tensor.name]
+                    await holder.register(meta.name, destinations[tensor.name], meta=meta)
+                    registered.append(meta.name)
+                changed_set = set(changed)
+                progress.add_chunks(c.index for c in manifest.chunks if c.index not in changed_set)
+            await self._read_chunks(manifest, metas, destinations, changed, base or 0, stats, progress)
+            await progress.close()
         except BaseException:
+            await progress.close()
             with contextlib.suppress(RPCError):
                 await self._client.report_held(
                     pb.ReportHeldRequest(
@@ -683,15 +793,13 @@ class Reader:
                         held=False,
                     )
                 )
+            for name in registered:
+                with contextlib.suppress(UnknownTensor, TransferError):
+                    await holder.unregister(name)
             raise
-        expected = root_hash(
-            manifest.chunks[0].hash_algorithm if manifest.chunks else "xxh3_128", (c.hash_hex for c in manifest.chunks)
-        )
-        if expected != manifest.root_hash:
-            raise TransferError(f"manifest of v{version} does not match its root hash {manifest.root_hash}")
-        holder = self._membership.holder
-        for tensor in manifest.tensors:
-            await holder.register(metas[tensor.name].name, destinations[tensor.name], meta=metas[tensor.name])
+        if not early:
+            for tensor in manifest.tensors:
+                await holder.register(metas[tensor.name].name, destinations[tensor.name], meta=metas[tensor.name])
         await self._client.report_held(
             pb.ReportHeldRequest(
                 request_id=_request_id(),
@@ -792,46 +900,81 @@ class Reader:
         changed: Sequence[int],
         base_version: int,
         stats: FetchStats,
+        progress: _Progress,
     ) -> None:
-        """Read ``changed`` chunks as the hub plans them, re-planning what a failed source left."""
+        """Read ``changed`` chunks as the hub plans them, pipelined: while reads run, the next plan
+        is asked for (the hub holds it open until a source is free), and each read's chunks are
+        reported as they verify. What a failed source left is planned again from other holders."""
         assert self._client is not None
-        chunk_size_bytes = manifest.chunk_size_bytes
         missing = set(changed)
+        in_flight: set[int] = set()
+        reads: dict[asyncio.Task[set[int]], tuple[str, set[int]]] = {}
+        reads_per_holder = progress.reads_per_holder
+        plan_task: asyncio.Task[pb.GetPlanResponse] | None = None
         deadline = time.monotonic() + self._fetch_timeout_s
-        backoff_s = 0.002
-        while missing:
-            if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"fetching v{manifest.version} of {self.model!r}: {len(missing)} chunks still missing"
-                )
-            try:
-                plan = await self._client.get_plan(
-                    pb.GetPlanRequest(
-                        request_id=_request_id(),
-                        reader_id=self.holder_id,
-                        model=self.model,
-                        version=manifest.version,
-                        held_version=base_version,
-                        chunk_indices=sorted(missing),
+        try:
+            while missing:
+                left_s = deadline - time.monotonic()
+                if left_s <= 0:
+                    raise TimeoutError(
+                        f"fetching v{manifest.version} of {self.model!r}: {len(missing)} chunks still missing"
                     )
-                )
-            except RPCError as exc:
-                if exc.code != grpc.StatusCode.RESOURCE_EXHAUSTED:
-                    raise
-                # Every source is busy: wait for a reader to finish and become one.
-                await asyncio.sleep(backoff_s * random.uniform(0.5, 1.5))
-                backoff_s = min(backoff_s * 2, 0.025)
-                continue
-            backoff_s = 0.002
-            stats.num_plans += 1
-            verified: set[int] = set()
-            await asyncio.gather(
-                *(
-                    self._read_source(manifest, metas, destinations, read, chunk_size_bytes, verified, stats)
-                    for read in plan.reads
-                )
-            )
-            missing -= verified
+                wanted = missing - in_flight
+                if wanted and plan_task is None:
+                    wait_s = min(self._plan_wait_s, left_s)
+                    plan_task = asyncio.create_task(
+                        self._client.get_plan(
+                            pb.GetPlanRequest(
+                                request_id=_request_id(),
+                                reader_id=self.holder_id,
+                                model=self.model,
+                                version=manifest.version,
+                                held_version=base_version,
+                                chunk_indices=sorted(wanted),
+                                max_wait_s=wait_s,
+                                allow_partial=True,
+                                max_chunks=self._max_chunks_per_plan,
+                            ),
+                            timeout_s=wait_s + _PLAN_RPC_MARGIN_S,
+                        )
+                    )
+                pending: set[asyncio.Task[Any]] = set(reads)
+                if plan_task is not None:
+                    pending.add(plan_task)
+                done, _ = await asyncio.wait(pending, timeout=left_s, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    if task is plan_task:
+                        plan_task = None
+                        try:
+                            plan = task.result()
+                        except RPCError as exc:
+                            if exc.code != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                                raise
+                            continue  # the hub already waited max_wait_s for a source: ask again
+                        stats.num_plans += 1
+                        for read in plan.reads:
+                            chunks = set(read.chunk_indices)
+                            in_flight |= chunks
+                            reads_per_holder[read.holder_id] = reads_per_holder.get(read.holder_id, 0) + 1
+                            read_task = asyncio.create_task(
+                                self._read_source(manifest, metas, destinations, read, stats, progress)
+                            )
+                            reads[read_task] = (read.holder_id, chunks)
+                        continue
+                    holder_id, chunks = reads.pop(task)
+                    verified = task.result()
+                    in_flight -= chunks
+                    missing -= verified
+                    reads_per_holder[holder_id] -= 1
+                    if not reads_per_holder[holder_id]:
+                        del reads_per_holder[holder_id]
+                        if verified == chunks:
+                            progress.finish_source(holder_id)
+        finally:
+            leftover = [t for t in (*reads, plan_task) if t is not None and not t.done()]
+            for task in leftover:
+                task.cancel()
+            await asyncio.gather(*leftover, return_exceptions=True)
 
     async def _read_source(
         self,
@@ -839,12 +982,14 @@ class Reader:
         metas: Mapping[str, TensorMeta],
         destinations: Mapping[str, torch.Tensor],
         read: pb.SourceRead,
-        chunk_size_bytes: int,
-        verified: set[int],
         stats: FetchStats,
-    ) -> None:
-        """Read one source's chunks, tensor by tensor; on failure report it so the rest are re-planned."""
+        progress: _Progress,
+    ) -> set[int]:
+        """Read one source's chunks, tensor by tensor; returns those verified. On failure report it
+        so the rest are re-planned from other holders."""
         assert self._reader is not None and self._client is not None
+        loop = asyncio.get_running_loop()
+        chunk_size_bytes = manifest.chunk_size_bytes
         by_tensor: dict[str, list[tuple[int, int]]] = {}
         for index in read.chunk_indices:
             chunk = manifest.chunks[index]
@@ -856,6 +1001,12 @@ class Reader:
         )
         limit = asyncio.Semaphore(self._reads_per_source)
         failures: list[TransferError] = []
+        verified: set[int] = set()
+
+        def on_verified(index: int) -> None:
+            # Called from the transfer's thread: record at once, report from the event loop.
+            verified.add(index)
+            loop.call_soon_threadsafe(progress.add_chunks, (index,))
 
         async def one(name: str, pairs: list[tuple[int, int]]) -> None:
             assert self._reader is not None
@@ -871,7 +1022,7 @@ class Reader:
                         destinations[name],
                         chunks=[local for local, _ in pairs],
                         carrier=address.carrier,
-                        on_chunk=lambda local: verified.add(to_global[local]),
+                        on_chunk=lambda local: on_verified(to_global[local]),
                     )
                     stats.bytes_read += result.size_bytes
                     stats.sources[read.holder_id] = stats.sources.get(read.holder_id, 0) + result.size_bytes
@@ -894,6 +1045,7 @@ class Reader:
                         detail=str(exc)[:500],
                     )
                 )
+        return set(verified)
 
     async def _withdraw(self, version: int) -> None:
         """Stop serving ``version``: withdraw it from the hub, then wait for reads in flight."""

@@ -26,7 +26,11 @@ class WeightHubConfig(ServerConfig):
     request_ttl_s: float = 3600.0
     """How long the answer to a request id is kept for retries."""
     watch_poll_s: float = 0.5
-    """WatchVersions re-reads Redis at least this often (commits made through another hub instance)."""
+    """WatchVersions re-reads Redis at least this often (commits made through another hub instance);
+    a GetPlan held open while every source is busy re-plans at least this often too."""
+    plan_max_wait_s: float = 30.0
+    """Longest a GetPlan is held open while every suitable source is busy (the request's own bound
+    and deadline apply first)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -47,3 +51,4 @@ class WeightHubConfig(ServerConfig):
         check(self.read_lease_ttl_s > 0, "read_lease_ttl_s", self.read_lease_ttl_s, "must be > 0")
         check(self.request_ttl_s > 0, "request_ttl_s", self.request_ttl_s, "must be > 0")
         check(0 < self.watch_poll_s <= 60, "watch_poll_s", self.watch_poll_s, "must be in (0, 60]")
+        check(0 <= self.plan_max_wait_s <= 3600, "plan_max_wait_s", self.plan_max_wait_s, "must be in [0, 3600]")

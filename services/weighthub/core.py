@@ -11,16 +11,22 @@ the last one stopped. Keys (``M`` model, ``V`` version, ``H`` holder):
   H -> shard index (-1: whole version); ``model:M:v:V:pending`` hash shard -> shard manifest and
   ``model:M:v:V:pending_holders`` before commit; ``model:M:v:V:pins`` set of owners;
   ``model:M:v:V:pullers`` hash datacenter -> reader pulling across the wide-area link;
-  ``model:M:v:V:excluded:H`` holders not to plan for reader H.
+  ``model:M:v:V:excluded:H`` holders not to plan for reader H; ``model:M:v:V:chunks:H`` set of the
+  chunks a partial holder H (a reader still fetching; shard index -2 in ``holders``) has verified.
 - ``request:METHOD:ID`` the answer to a request id, for retries.
 
 Concurrent changes of one model are serialised by a lock in this process; each change is written
 in one MULTI/EXEC, so Redis never shows half of one. One hub instance serves a model at a time.
+
+A GetPlan that finds every source busy is held open: it waits for a change of the model's holders or
+read leases made through this process (progress, held, failures, leaves), re-planning at least every
+``watch_poll_s`` for what it cannot see (lease expiry), until its wait bound.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 import time
@@ -28,7 +34,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from services.common.redis_meta import RedisMeta
 from services.weighthub.config import WeightHubConfig
 from services.weighthub.planner import Locality, Source, Topology, plan_reads
@@ -38,6 +44,10 @@ logger = logging.getLogger(__name__)
 
 CARRIER_NAMES = ("tcp", "shm", "ucx", "nixl")
 WHOLE_VERSION = -1
+PARTIAL = -2
+"""Shard index of a reader that holds some verified chunks while it fetches the rest."""
+_WAKE_CHAIN_FAILURES = 2
+"""Held plans woken in a row that find every source still busy before waking stops until the next change."""
 _SEP = "|"
 
 
@@ -100,6 +110,7 @@ class PlanResult:
     base_version: int
     reads: list[SourceReadOut]
     planned_size_bytes: int
+    deferred_chunk_indices: list[int]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -140,6 +151,27 @@ class WeightHub:
         self._locks: dict[str, asyncio.Lock] = {}
         self._manifests: dict[tuple[str, int], Manifest] = {}
         self._commits: dict[str, asyncio.Event] = {}
+        self._waiters: dict[str, collections.deque[asyncio.Future[int]]] = {}
+        self._unclaimed: dict[str, int] = {}
+        """Per model: changes that found no held plan waiting (one being computed may need them)."""
+
+    def _notify(self, model: str | None) -> None:
+        """A source of ``model`` (of every model when None) may have freed up: wake a held plan."""
+        for name in [model] if model is not None else list(self._waiters):
+            self._wake_next(name, 0)
+
+    def _wake_next(self, model: str, num_failed: int) -> None:
+        """Wake the oldest plan held open on ``model``, telling it how many woken before it in a row
+        still found every source busy. Waking one at a time, passed on while plans succeed, spares
+        the hub re-planning every waiter on every change (a freed slot serves one or two)."""
+        queue = self._waiters.get(model)
+        while queue:
+            waiter = queue.popleft()
+            if not waiter.done():
+                waiter.set_result(num_failed)
+                return
+        if num_failed == 0:
+            self._unclaimed[model] = self._unclaimed.get(model, 0) + 1
 
     def _lock(self, model: str) -> asyncio.Lock:
         return self._locks.setdefault(model, asyncio.Lock())
@@ -213,6 +245,7 @@ class WeightHub:
             for member in members:
                 model, version = json.loads(member)
                 pipe.hdel(self._k("model", model, "v", version, "holders"), holder_id)
+                pipe.delete(self._k("model", model, "v", version, "chunks", holder_id))
             pipe.delete(held_key)
             await pipe.execute()
 
@@ -222,6 +255,7 @@ class WeightHub:
         await self._release_reader_leases(holder_id, None)
         await self._forget_holdings(holder_id)
         await self.meta.client.delete(self._k("holder", holder_id), self._k("holder", holder_id, "readers"))
+        self._notify(None)
 
     async def _holder(self, holder_id: str) -> Holder | None:
         raw = await self.meta.client.get(self._k("holder", holder_id))
@@ -270,6 +304,20 @@ class WeightHub:
         return sum(
             1 for reader, m, v in readers if reader in live and (model is None or (m == model and int(v) == version))
         )
+
+    async def _count_live_readers(
+        self, lease_tables: dict[str, dict[str, str]], known: dict[str, Holder]
+    ) -> dict[str, int]:
+        """Per holder, the readers with an unexpired lease on it (any version) that are still
+        registered; ``known`` are records already read (no need to read them again)."""
+        now = _now_ms()
+        readers = {
+            h: [f.split(_SEP)[0] for f, expiry in table.items() if int(expiry) > now]
+            for h, table in lease_tables.items()
+        }
+        unknown = sorted({r for rs in readers.values() for r in rs} - set(known))
+        live = set(known) | set(await self._holders(unknown))
+        return {h: sum(1 for r in rs if r in live) for h, rs in readers.items()}
 
     # Versions -------------------------------------------------------------------------------------
 
@@ -396,6 +444,7 @@ class WeightHub:
         event = self._commits.pop(model, None)
         if event is not None:
             event.set()
+        self._notify(model)
         await self._prune(model)
 
     async def _publish_replica(
@@ -462,18 +511,57 @@ class WeightHub:
         version: int,
         held_version: int,
         chunk_indices: Sequence[int],
+        max_wait_s: float = 0.0,
+        allow_partial: bool = False,
+        max_chunks: int = 0,
     ) -> PlanResult:
-        """Plan a reader's fetch (see the GetPlan RPC)."""
+        """Plan a reader's fetch (see the GetPlan RPC); held open up to ``max_wait_s`` while every
+        suitable source is busy."""
+        if max_wait_s < 0 or max_chunks < 0:
+            raise InvalidArgument(f"max_wait_s {max_wait_s} and max_chunks {max_chunks} must be >= 0")
 
         async def compute() -> dict[str, Any]:
-            return asdict(await self._plan(reader_id, model, version, held_version, chunk_indices))
+            return asdict(
+                await self._plan(reader_id, model, version, held_version, chunk_indices, allow_partial, max_chunks)
+            )
 
-        data = await self._once("plan", request_id, compute)
+        deadline = time.monotonic() + min(max_wait_s, self.config.plan_max_wait_s)
+        woken_after: int | None = None  # set when woken: how many woken before it found nothing
+        while True:
+            unclaimed = self._unclaimed.get(model, 0)
+            try:
+                data = await self._once("plan", request_id, compute)
+            except ResourceExhausted:
+                if woken_after is not None and woken_after + 1 < _WAKE_CHAIN_FAILURES:
+                    self._wake_next(model, woken_after + 1)
+                left_s = deadline - time.monotonic()
+                if left_s <= 0:
+                    raise
+            else:
+                if woken_after is not None:
+                    self._wake_next(model, 0)
+                break
+            woken_after = None
+            if self._unclaimed.get(model, 0) != unclaimed:
+                continue  # a change no held plan took came while this one ran: try again at once
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.setdefault(model, collections.deque()).append(waiter)
+            try:
+                woken_after = await asyncio.wait_for(waiter, timeout=min(left_s, self.config.watch_poll_s))
+            except TimeoutError:
+                pass  # re-plan anyway: leases expire and other hub instances change Redis unseen
         data["reads"] = [SourceReadOut(**r) for r in data["reads"]]
         return PlanResult(**data)
 
     async def _plan(
-        self, reader_id: str, model: str, version: int, held_version: int, chunk_indices: Sequence[int]
+        self,
+        reader_id: str,
+        model: str,
+        version: int,
+        held_version: int,
+        chunk_indices: Sequence[int],
+        allow_partial: bool,
+        max_chunks: int,
     ) -> PlanResult:
         reader = await self._holder(reader_id)
         if reader is None:
@@ -494,18 +582,39 @@ class WeightHub:
             needed = manifest.changed_chunks(base)
             base_version = held_version if base is not None else 0
         async with self._lock(model):
-            live = await self._live_holders(model, version)
-            excluded = await self.meta.client.smembers(self._k("model", model, "v", version, "excluded", reader_id))
+            # A handful of round trips, however many holders: plans are the hub's hottest path.
+            async with self.meta.client.pipeline(transaction=False) as pipe:
+                pipe.hgetall(self._k("model", model, "v", version, "holders"))
+                pipe.smembers(self._k("model", model, "v", version, "excluded", reader_id))
+                shards, excluded = await pipe.execute()
+            records = await self._holders(sorted(shards))
+            live = {h: (records[h], int(shards[h])) for h in records}
+            partial_ids = [h for h, (_, s) in live.items() if s == PARTIAL]
+            async with self.meta.client.pipeline(transaction=False) as pipe:
+                for holder_id in partial_ids:
+                    pipe.smembers(self._k("model", model, "v", version, "chunks", holder_id))
+                for holder_id in live:
+                    pipe.hgetall(self._k("holder", holder_id, "readers"))
+                replies = await pipe.execute()
+            partial = {h: frozenset(int(c) for c in m) for h, m in zip(partial_ids, replies, strict=False)}
+            active = await self._count_live_readers(dict(zip(live, replies[len(partial_ids) :], strict=True)), records)
             sources = []
             for holder_id, (record, shard) in live.items():
+                chunks: range | frozenset[int] | None
+                if shard == PARTIAL:
+                    chunks = partial[holder_id]
+                    if not chunks:
+                        continue
+                else:
+                    chunks = None if shard == WHOLE_VERSION else manifest.shard_chunks(shard)
                 sources.append(
                     Source(
                         holder_id=holder_id,
                         topology=record.topology,
-                        chunks=None if shard == WHOLE_VERSION else manifest.shard_chunks(shard),
-                        active_reads=await self._active_reads(holder_id),
+                        chunks=chunks,
+                        active_reads=active[holder_id],
                         max_concurrent_reads=record.max_concurrent_reads,
-                        publisher=shard != WHOLE_VERSION,
+                        publisher=shard >= 0,
                     )
                 )
             pullers_key = self._k("model", model, "v", version, "pullers")
@@ -525,6 +634,8 @@ class WeightHub:
                 sources=sources,
                 excluded=excluded,
                 datacenter_puller_busy=puller_busy,
+                defer_busy=allow_partial,
+                max_chunks=max_chunks,
             )
             expiry = _now_ms() + int(self.config.read_lease_ttl_s * 1000)
             reads = []
@@ -554,8 +665,56 @@ class WeightHub:
                     pipe.hset(pullers_key, reader.topology.datacenter, f"{reader_id}{_SEP}{expiry}")
                 await pipe.execute()
         return PlanResult(
-            model=model, version=version, base_version=base_version, reads=reads, planned_size_bytes=plan.size_bytes
+            model=model,
+            version=version,
+            base_version=base_version,
+            reads=reads,
+            planned_size_bytes=plan.size_bytes,
+            deferred_chunk_indices=list(plan.deferred),
         )
+
+    async def report_progress(
+        self,
+        *,
+        request_id: str,
+        holder_id: str,
+        model: str,
+        version: int,
+        chunk_indices: Sequence[int],
+        finished_holder_ids: Sequence[str],
+    ) -> int:
+        """Record chunks a reader verified (it serves them from now on) and release its read leases
+        on the sources it finished with; returns the chunks it is recorded as holding."""
+        if await self._holder(holder_id) is None:
+            raise NotFound(f"holder {holder_id} is not registered (its lease lapsed?)")
+        manifest = await self._resolve(model, version)
+        version = manifest.version
+        bad = [i for i in chunk_indices if not 0 <= i < len(manifest.chunks)]
+        if bad:
+            raise InvalidArgument(f"chunk indices {bad[:8]} out of range for {len(manifest.chunks)} chunks")
+        for source in finished_holder_ids:
+            _check_name("finished holder id", source)
+        holders_key = self._k("model", model, "v", version, "holders")
+        chunks_key = self._k("model", model, "v", version, "chunks", holder_id)
+        async with self._lock(model):
+            shard = await self.meta.client.hget(holders_key, holder_id)
+            async with self.meta.client.pipeline(transaction=True) as pipe:
+                if shard is None or int(shard) == PARTIAL:
+                    if chunk_indices:
+                        pipe.sadd(chunks_key, *[str(i) for i in chunk_indices])
+                        # Outlives any read; a set left by a reader that died goes on its own.
+                        pipe.pexpire(chunks_key, int(self.config.read_lease_ttl_s * 5000))
+                        pipe.hset(holders_key, holder_id, PARTIAL)
+                        pipe.sadd(self._k("holder", holder_id, "held"), json.dumps([model, version]))
+                    pipe.scard(chunks_key)
+                for source in finished_holder_ids:
+                    pipe.hdel(self._k("holder", holder_id, "reading"), _SEP.join([source, model, str(version)]))
+                    pipe.hdel(self._k("holder", source, "readers"), _SEP.join([holder_id, model, str(version)]))
+                results = await pipe.execute()
+        self._notify(model)
+        if shard is not None and int(shard) != PARTIAL:
+            return len(manifest.chunks) if int(shard) == WHOLE_VERSION else len(manifest.shard_chunks(int(shard)))
+        return int(results[4 if chunk_indices else 0])
 
     async def _release_reader_leases(self, reader_id: str, version_of: tuple[str, int] | None) -> None:
         """Release the read leases ``reader_id`` holds (on one version, or all)."""
@@ -593,13 +752,16 @@ class WeightHub:
                 async with self.meta.client.pipeline(transaction=True) as pipe:
                     pipe.hset(self._k("model", model, "v", version, "holders"), holder_id, WHOLE_VERSION)
                     pipe.sadd(self._k("holder", holder_id, "held"), json.dumps([model, version]))
+                    pipe.delete(self._k("model", model, "v", version, "chunks", holder_id))
                     await pipe.execute()
             else:
                 async with self.meta.client.pipeline(transaction=True) as pipe:
                     pipe.hdel(self._k("model", model, "v", version, "holders"), holder_id)
                     pipe.srem(self._k("holder", holder_id, "held"), json.dumps([model, version]))
+                    pipe.delete(self._k("model", model, "v", version, "chunks", holder_id))
                     await pipe.execute()
             await self._release_reader_leases(holder_id, (model, version))
+        self._notify(model)
         if not held:
             await self._prune(model)
             return await self._active_reads(holder_id, model, version)
@@ -625,7 +787,9 @@ class WeightHub:
                 if failure == "hash_mismatch":
                     pipe.hdel(self._k("model", model, "v", version, "holders"), holder_id)
                     pipe.srem(self._k("holder", holder_id, "held"), json.dumps([model, version]))
+                    pipe.delete(self._k("model", model, "v", version, "chunks", holder_id))
                 await pipe.execute()
+        self._notify(model)
 
     # Pins, listing, watching ----------------------------------------------------------------------
 

@@ -14,6 +14,9 @@ from services.weighthub.core import VersionInfo, WeightHub
 from services.weighthub.planner import Topology
 from services.weighthub.versions import Chunk, Manifest, Tensor
 
+_DEADLINE_MARGIN_S = 0.05
+"""A plan held open answers this long before the call's deadline."""
+
 _FAILURES = {
     pb.READ_FAILURE_UNSPECIFIED: "unspecified",
     pb.READ_FAILURE_UNREACHABLE: "unreachable",
@@ -141,6 +144,11 @@ class WeightHubServicer(weighthub_pb2_grpc.WeightHubServicer):
         return pb.GetManifestResponse(manifest=manifest_to_proto(manifest))
 
     async def GetPlan(self, request: pb.GetPlanRequest, context: Any) -> pb.GetPlanResponse:
+        max_wait_s = request.max_wait_s
+        remaining_s = context.time_remaining()
+        if remaining_s is not None:
+            # Answer before the caller's deadline, with time left for the answer to travel.
+            max_wait_s = max(0.0, min(max_wait_s, remaining_s - _DEADLINE_MARGIN_S))
         plan = await self.hub.get_plan(
             request_id=request.request_id,
             reader_id=request.reader_id,
@@ -148,6 +156,9 @@ class WeightHubServicer(weighthub_pb2_grpc.WeightHubServicer):
             version=request.version,
             held_version=request.held_version,
             chunk_indices=list(request.chunk_indices),
+            max_wait_s=max_wait_s,
+            allow_partial=request.allow_partial,
+            max_chunks=request.max_chunks,
         )
         return pb.GetPlanResponse(
             model=plan.model,
@@ -163,6 +174,7 @@ class WeightHubServicer(weighthub_pb2_grpc.WeightHubServicer):
                 for r in plan.reads
             ],
             planned_size_bytes=plan.planned_size_bytes,
+            deferred_chunk_indices=plan.deferred_chunk_indices,
         )
 
     async def ReportHeld(self, request: pb.ReportHeldRequest, context: Any) -> pb.ReportHeldResponse:
@@ -175,6 +187,17 @@ class WeightHubServicer(weighthub_pb2_grpc.WeightHubServicer):
             root_hash=request.root_hash,
         )
         return pb.ReportHeldResponse(num_active_reads=active)
+
+    async def ReportProgress(self, request: pb.ReportProgressRequest, context: Any) -> pb.ReportProgressResponse:
+        num_chunks = await self.hub.report_progress(
+            request_id=request.request_id,
+            holder_id=request.holder_id,
+            model=request.model,
+            version=request.version,
+            chunk_indices=list(request.chunk_indices),
+            finished_holder_ids=list(request.finished_holder_ids),
+        )
+        return pb.ReportProgressResponse(num_chunks_held=num_chunks)
 
     async def ReportReadFailure(
         self, request: pb.ReportReadFailureRequest, context: Any

@@ -767,18 +767,40 @@ class MachineSpec:
     """One small tensor-plane read (request round trip), measured."""
     rpc_s: float
     """One hub RPC round trip (gRPC + Redis), measured."""
+    shm_read_bytes_per_s: float = 0.0
+    """One whole-model read through the tensor plane over shared memory (copy, hash and the
+    transport's own work), measured; 0: derived from memcpy and hash."""
+    tcp_read_bytes_per_s: float = 0.0
+    """The same over a loopback socket; 0: derived from socket and hash."""
+    prepare_bytes_per_s: float = 0.0
+    """The trainer putting a new version in its buffers (copy and hash, through the holder),
+    measured; 0: derived from memcpy and hash."""
 
     def network(self, process_ids: Sequence[str], hosts: Mapping[str, str]) -> Network:
         """Each process a node; ``hosts`` says which share a host (shared memory between them)."""
         sock, copy, hashing = self.socket_bytes_per_s, self.memcpy_bytes_per_s, self.hash_bytes_per_s
+        # A socket read costs the kernel's copy on each side (a stream at full speed keeps both
+        # ends busy: 2 / rate) and the reader's hash; a shared-memory read one copy and the hash.
+        # Where a whole read through the transport was measured, its rate caps one stream and the
+        # CPU per byte scales by how far it falls short of the primitives' prediction.
+        cpu_s_per_byte = {"tcp": 2 / sock + 1 / hashing, "shm": 1 / copy + 1 / hashing}
+        cap = {"tcp": 1 / (1 / sock + 1 / hashing), "shm": 1 / (1 / copy + 1 / hashing)}
+        for carrier, measured in (("tcp", self.tcp_read_bytes_per_s), ("shm", self.shm_read_bytes_per_s)):
+            if measured > 0:
+                cpu_s_per_byte[carrier] *= cap[carrier] / measured
+                cap[carrier] = measured
         return Network(
             nodes=tuple(Node(node_id=p, topology=Topology(host=hosts[p]), nic_bytes_per_s=sock) for p in process_ids),
             cpu_cores=self.cpu_cores,
-            # A socket read costs the kernel's copy on each side (a stream at full speed keeps both
-            # ends busy: 2 / rate) and the reader's hash; a shared-memory read one copy and the hash.
-            cpu_s_per_byte={"tcp": 2 / sock + 1 / hashing, "shm": 1 / copy + 1 / hashing},
-            cpu_cap_bytes_per_s={"tcp": 1 / (1 / sock + 1 / hashing), "shm": 1 / (1 / copy + 1 / hashing)},
+            cpu_s_per_byte=cpu_s_per_byte,
+            cpu_cap_bytes_per_s=cap,
         )
+
+    def prepare_s(self, size_bytes: float) -> float:
+        """Seconds for the trainer to put ``size_bytes`` of a new version in its buffers."""
+        if self.prepare_bytes_per_s > 0:
+            return size_bytes / self.prepare_bytes_per_s
+        return size_bytes / self.memcpy_bytes_per_s + size_bytes / self.hash_bytes_per_s
 
 
 def predict_local(
@@ -796,7 +818,7 @@ def predict_local(
     hosts = {p: (p if net else "local") for p in processes}
     network = machine.network(processes, hosts)
     # The trainer copies the new tensors into its buffers and hashes them before readers start.
-    prepare_s = size_bytes / machine.memcpy_bytes_per_s + size_bytes / machine.hash_bytes_per_s
+    prepare_s = machine.prepare_s(size_bytes)
     num_chunks = max(1, round(size_bytes / chunk_size_bytes))
     hub = simulate_hub(
         network,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from unittest import mock
 
 import pytest
@@ -116,3 +117,23 @@ def test_machine_prediction_orders_socket_reads_slower_than_shared_memory() -> N
     net = sim.predict_local(machine, net=True, **common)  # type: ignore[arg-type]
     assert 0 < host["naive_s"] < net["naive_s"]
     assert 0 < host["hub_s"] < net["hub_s"]
+
+
+def test_measured_transport_rates_slow_the_prediction_where_they_fall_short() -> None:
+    primitives = sim.MachineSpec(
+        cpu_cores=2,
+        socket_bytes_per_s=2e9,
+        memcpy_bytes_per_s=10e9,
+        hash_bytes_per_s=10e9,
+        read_latency_s=1e-4,
+        rpc_s=1e-3,
+    )
+    measured = dataclasses.replace(
+        primitives, shm_read_bytes_per_s=1e9, tcp_read_bytes_per_s=0.5e9, prepare_bytes_per_s=2e9
+    )
+    common = {"k": 4, "size_bytes": 64e6, "num_tensors": 16, "chunk_size_bytes": 4e6, "options": sim.HubOptions()}
+    for net in (False, True):
+        fast = sim.predict_local(primitives, net=net, **common)  # type: ignore[arg-type]
+        slow = sim.predict_local(measured, net=net, **common)  # type: ignore[arg-type]
+        assert slow["naive_s"] > fast["naive_s"] and slow["hub_s"] > fast["hub_s"]
+    assert measured.prepare_s(64e6) == pytest.approx(0.032)

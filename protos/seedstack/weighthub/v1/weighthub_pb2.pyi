@@ -138,20 +138,26 @@ class GetManifestResponse(_message.Message):
     def __init__(self, manifest: _Optional[_Union[_common_pb2.Manifest, _Mapping]] = ...) -> None: ...
 
 class GetPlanRequest(_message.Message):
-    __slots__ = ("request_id", "reader_id", "model", "version", "held_version", "chunk_indices")
+    __slots__ = ("request_id", "reader_id", "model", "version", "held_version", "chunk_indices", "max_wait_s", "allow_partial", "max_chunks")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     READER_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     HELD_VERSION_FIELD_NUMBER: _ClassVar[int]
     CHUNK_INDICES_FIELD_NUMBER: _ClassVar[int]
+    MAX_WAIT_S_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_PARTIAL_FIELD_NUMBER: _ClassVar[int]
+    MAX_CHUNKS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     reader_id: str
     model: str
     version: int
     held_version: int
     chunk_indices: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, request_id: _Optional[str] = ..., reader_id: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[int] = ..., held_version: _Optional[int] = ..., chunk_indices: _Optional[_Iterable[int]] = ...) -> None: ...
+    max_wait_s: float
+    allow_partial: bool
+    max_chunks: int
+    def __init__(self, request_id: _Optional[str] = ..., reader_id: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[int] = ..., held_version: _Optional[int] = ..., chunk_indices: _Optional[_Iterable[int]] = ..., max_wait_s: _Optional[float] = ..., allow_partial: _Optional[bool] = ..., max_chunks: _Optional[int] = ...) -> None: ...
 
 class SourceRead(_message.Message):
     __slots__ = ("holder_id", "offer", "locality", "chunk_indices")
@@ -166,18 +172,42 @@ class SourceRead(_message.Message):
     def __init__(self, holder_id: _Optional[str] = ..., offer: _Optional[_Union[_common_pb2.TransportOffer, _Mapping]] = ..., locality: _Optional[_Union[Locality, str]] = ..., chunk_indices: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class GetPlanResponse(_message.Message):
-    __slots__ = ("model", "version", "base_version", "reads", "planned_size_bytes")
+    __slots__ = ("model", "version", "base_version", "reads", "planned_size_bytes", "deferred_chunk_indices")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     BASE_VERSION_FIELD_NUMBER: _ClassVar[int]
     READS_FIELD_NUMBER: _ClassVar[int]
     PLANNED_SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DEFERRED_CHUNK_INDICES_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: int
     base_version: int
     reads: _containers.RepeatedCompositeFieldContainer[SourceRead]
     planned_size_bytes: int
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., base_version: _Optional[int] = ..., reads: _Optional[_Iterable[_Union[SourceRead, _Mapping]]] = ..., planned_size_bytes: _Optional[int] = ...) -> None: ...
+    deferred_chunk_indices: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., base_version: _Optional[int] = ..., reads: _Optional[_Iterable[_Union[SourceRead, _Mapping]]] = ..., planned_size_bytes: _Optional[int] = ..., deferred_chunk_indices: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class ReportProgressRequest(_message.Message):
+    __slots__ = ("request_id", "holder_id", "model", "version", "chunk_indices", "finished_holder_ids")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    HOLDER_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_INDICES_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_HOLDER_IDS_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    holder_id: str
+    model: str
+    version: int
+    chunk_indices: _containers.RepeatedScalarFieldContainer[int]
+    finished_holder_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, request_id: _Optional[str] = ..., holder_id: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[int] = ..., chunk_indices: _Optional[_Iterable[int]] = ..., finished_holder_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ReportProgressResponse(_message.Message):
+    __slots__ = ("num_chunks_held",)
+    NUM_CHUNKS_HELD_FIELD_NUMBER: _ClassVar[int]
+    num_chunks_held: int
+    def __init__(self, num_chunks_held: _Optional[int] = ...) -> None: ...
 
 class ReportHeldRequest(_message.Message):
     __slots__ = ("request_id", "holder_id", "model", "version", "held", "root_hash")

@@ -70,6 +70,11 @@ class WeightHubStub:
                 request_serializer=seedstack_dot_weighthub_dot_v1_dot_weighthub__pb2.ReportHeldRequest.SerializeToString,
                 response_deserializer=seedstack_dot_weighthub_dot_v1_dot_weighthub__pb2.ReportHeldResponse.FromString,
                 _registered_method=True)
+        self.ReportProgress = channel.unary_unary(
+                '/seedstack.weighthub.v1.WeightHub/ReportProgress',
+                request_serializer=seedstack_dot_weighthub_dot_v1_dot_weighthub__pb2.ReportProgressRequest.SerializeToString,
+                response_deserializer=seedstack_dot_weighthub_dot_v1_dot_weighthub__pb2.ReportProgressResponse.FromString,
+                _registered_method=True)
         self.ReportReadFailure = channel.unary_unary(
                 '/seedstack.weighthub.v1.WeightHub/ReportReadFailure',
                 request_serializer=seedstack_dot_weighthub_dot_v1_dot_weighthub__pb2.ReportReadFailureRequest.SerializeToString,
@@ -150,8 +155,11 @@ class WeightHubServicer:
         from and the carrier to use. Sources are ranked same host, same rack, same datacenter, another
         datacenter; a holder never gets more concurrent readers than its max_concurrent_reads, and
         only one reader per datacenter pulls over a wide-area link. RESOURCE_EXHAUSTED when every
-        suitable source is busy (or this datacenter's puller is still reading): back off and ask again. Takes read leases on the named holders, so they keep the version's
-        buffers intact; the leases last until the reader reports (ReportHeld, ReportReadFailure) or its
+        suitable source is busy (or this datacenter's puller is still reading) for max_wait_s: the hub
+        holds the request open until a source frees a read slot or reports new chunks, so a reader
+        never needs to poll; with max_wait_s 0 it answers at once. With allow_partial, what is free now
+        is planned and busy chunks are listed as deferred. Takes read leases on the named holders, so they keep the version's
+        buffers intact; the leases last until the reader reports (ReportProgress, ReportHeld, ReportReadFailure) or its
         own holder lease expires. Only chunks whose hash differs from the version the reader already
         holds are planned (delta read). FAILED_PRECONDITION when the reader is not registered or the
         version is not committed.
@@ -165,6 +173,18 @@ class WeightHubServicer:
         and verified a read reports it held: its read leases on that version are released and it
         becomes a source for later readers. A reader that gives up a read reports it not held, which
         releases its read leases too.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReportProgress(self, request, context):
+        """Reports chunks of a version that a reader verified while it still reads the rest, and the
+        sources it finished reading from. The reader becomes a partial holder: later plans name it as a
+        source of exactly the chunks it reported (never of others) until it reports the whole version
+        held (ReportHeld) or gives the read up. The read leases it holds as a reader on the finished
+        sources are released, so their read slots go to other readers at once (chunk-level pipelining).
+        Chunks add up over calls; a retry changes nothing.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -246,6 +266,11 @@ def add_WeightHubServicer_to_server(servicer, server):
                     servicer.ReportHeld,
                     request_deserializer=seedstack_dot_weighthub_dot_v1_dot_weighthub__pb2.ReportHeldRequest.FromString,
                     response_serializer=seedstack_dot_weighthub_dot_v1_dot_weighthub__pb2.ReportHeldResponse.SerializeToString,
+            ),
+            'ReportProgress': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportProgress,
+                    request_deserializer=seedstack_dot_weighthub_dot_v1_dot_weighthub__pb2.ReportProgressRequest.FromString,
+                    response_serializer=seedstack_dot_weighthub_dot_v1_dot_weighthub__pb2.ReportProgressResponse.SerializeToString,
             ),
             'ReportReadFailure': grpc.unary_unary_rpc_method_handler(
                     servicer.ReportReadFailure,
@@ -463,6 +488,33 @@ class WeightHub:
             '/seedstack.weighthub.v1.WeightHub/ReportHeld',
             seedstack_dot_weighthub_dot_v1_dot_weighthub__pb2.ReportHeldRequest.SerializeToString,
             seedstack_dot_weighthub_dot_v1_dot_weighthub__pb2.ReportHeldResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportProgress(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/seedstack.weighthub.v1.WeightHub/ReportProgress',
+            seedstack_dot_weighthub_dot_v1_dot_weighthub__pb2.ReportProgressRequest.SerializeToString,
+            seedstack_dot_weighthub_dot_v1_dot_weighthub__pb2.ReportProgressResponse.FromString,
             options,
             channel_credentials,
             insecure,
