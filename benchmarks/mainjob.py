@@ -33,11 +33,11 @@ def _job(quick: bool, **rollout: Any) -> dict[str, Any]:
     if quick:
         spec.update(
             {
-                "time_budget_s": 300,
-                "warm_start": {"num_steps": 150},
-                "trainer": {"rl_time_budget_s": 90},
-                "task": {"num_eval": 100},
-                "eval": {"every_steps": 10, "num_prompts": 100},
+                "time_budget_s": 240,
+                "warm_start": {"num_steps": 120},
+                "trainer": {"rl_time_budget_s": 60, "checkpoint_every_steps": 5},
+                "task": {"num_warm_start": 200, "num_eval": 80},
+                "eval": {"every_steps": 10, "num_prompts": 80},
             }
         )
     return spec
@@ -83,14 +83,18 @@ def main() -> None:
         streaming = run_arm("streaming", _job(args.quick, completion_ratio=0.75, max_staleness_versions=2), workdir)
         sync = run_arm("sync", _job(args.quick, completion_ratio=1.0, max_staleness_versions=1), workdir)
         crash = run_arm(
-            "crash", _job(args.quick, completion_ratio=0.75, max_staleness_versions=2), workdir, fault="crash@20"
+            "crash",
+            _job(args.quick, completion_ratio=0.75, max_staleness_versions=2),
+            workdir,
+            fault="crash@10" if args.quick else "crash@20",
         )
     reached = [a["acc_best"] for a in (streaming, sync) if a.get("acc_best") is not None]
     target = min(reached) if len(reached) == 2 else None
     t_stream = minutes_to(streaming["evals"], target) if target is not None else None
     t_sync = minutes_to(sync["evals"], target) if target is not None else None
-    lost = sum(int(i.get("lost_steps") or 0) for i in crash.get("incidents") or [])
-    if not crash.get("incidents"):
+    # Steps the restart redid (from the checkpoint to the crash); without a restart, the steps never made.
+    lost = crash.get("fault_lost_steps")
+    if not crash.get("recoveries"):
         lost = max(int(streaming.get("num_rl_steps") or 0) - int(crash.get("num_rl_steps") or 0), 0)
     figures = {
         "arms": {"streaming": streaming, "sync": sync, "crash": crash},
@@ -99,6 +103,8 @@ def main() -> None:
         "sync_minutes_to_target": t_sync,
         "crash_extra_wall_s": (crash.get("wall_s") or 0) - (streaming.get("wall_s") or 0),
         "crash_run_end_state": crash.get("end_state"),
+        "crash_recovery_s": crash.get("fault_recovery_s"),
+        "crash_acc_after": crash.get("acc_after"),
     }
     ratios = {
         "acc_before": streaming.get("acc_before") or 0.0,
@@ -106,7 +112,7 @@ def main() -> None:
         "minutes_to_plus10": streaming.get("minutes_to_plus10") or 0.0,
         "streaming_vs_sync": (t_sync / t_stream) if t_sync and t_stream else 0.0,
         "stall_p95_s": streaming.get("stall_p95_s") or 0.0,
-        "fault_lost_steps": lost,
+        "fault_lost_steps": lost or 0,
     }
     emit(
         "mainjob",

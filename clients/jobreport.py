@@ -55,7 +55,7 @@ def compute_figures(spec: JobSpec, timeline: Timeline) -> dict[str, Any]:
         "startup_and_warm_start_s": rl_start_s,
         "rl_s": (t.ended_unix_s - t.rl_started_unix_s) if t.rl_started_unix_s else 0.0,
         "end_state": t.end_state,
-        "num_rl_steps": len(steps),
+        "num_rl_steps": len({s.get("step") for s in steps}),
         "num_versions_published": max((p["version"] for p in t.polls), default=0),
         "num_samples_trained": num_samples,
         "samples_per_s": num_samples / step_time if step_time else 0.0,
@@ -69,12 +69,39 @@ def compute_figures(spec: JobSpec, timeline: Timeline) -> dict[str, Any]:
         "reward_first": statistics.mean(s["reward_mean"] for s in steps[:5]) if steps else None,
         "reward_last": statistics.mean(s["reward_mean"] for s in steps[-5:]) if steps else None,
         "ettr": t.ettr.get("ettr"),
-        "incidents": t.incidents,
+        "incidents": _incidents(t),
+        "num_alerts": t.num_alerts,
+        "recoveries": t.recoveries,
+        "num_restarts": len(t.recoveries),
+        "fault_lost_steps": sum(int(r["lost_steps"]) for r in t.recoveries),
+        "fault_recovery_s": sum(float(r["recovery_s"] or 0.0) for r in t.recoveries) if t.recoveries else None,
         "fault": t.fault,
         "trace": t.trace,
         "failure_reason": t.failure_reason,
     }
     return figures
+
+
+def _incidents(t: Timeline) -> list[dict[str, Any]]:
+    """The monitor's incidents, each with what ended it in this job: the job's restart of the trainer run
+    from its checkpoint (crash, hang) or the trainer's guard skipping the step (NaN); the monitor's own
+    recovery ladder, which has no actuator for the trainer's ranks here, stays in ``monitor_actions``."""
+    skipped = [int(s["step"]) for s in t.steps if "applied" in s and not s["applied"]]
+    rows = []
+    for inc in t.incidents:
+        row = dict(inc, monitor_actions=inc.get("actions"), monitor_state=inc.get("state"))
+        restart = next((r for r in t.recoveries if r["failed_run"] == inc.get("job")), None)
+        if restart is not None:
+            row["actions"] = f"job restarted the trainer from its step-{restart['checkpoint_step']} checkpoint"
+            row["state"] = "recovered" if restart["recovery_s"] is not None else "unrecovered"
+            row["recover_s"] = "-" if restart["recovery_s"] is None else f"{restart['recovery_s']:.1f}"
+            row["lost_steps"] = str(restart["lost_steps"])
+        elif inc.get("fault") == "nan" and skipped:
+            row["actions"] = f"trainer's guard skipped step {', '.join(map(str, skipped[:3]))} before the optimizer"
+            row["state"] = "recovered"
+            row["recover_s"], row["lost_steps"] = "0.0", "0"
+        rows.append(row)
+    return rows
 
 
 def _plots(run_dir: Path, spec: JobSpec, t: Timeline, figures: dict[str, Any]) -> list[tuple[str, str]]:
@@ -274,17 +301,25 @@ def write_report(spec: JobSpec, run_dir: Path, timeline: Timeline) -> dict[str, 
         lines += [
             "## Incidents (robustness monitor)",
             "",
-            "| fault | detected at | blamed ranks | actions | detect s | recover s | lost steps | summary |",
-            "|---|---|---|---|---|---|---|---|",
+            "| fault | detected at | blamed ranks | state | recovery | detect s | recover s | lost steps | summary |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for inc in f["incidents"]:
             lines.append(
-                f"| {inc.get('fault')} | {inc.get('t_s', 0):.0f} s | {inc.get('suspects')} | "
+                f"| {inc.get('fault')} | {inc.get('t_s', 0):.0f} s | {inc.get('suspects')} | {inc.get('state')} | "
                 f"{inc.get('actions')} | {inc.get('detect_s')} | {inc.get('recover_s')} | "
                 f"{inc.get('lost_steps')} | {inc.get('summary')} |"
             )
         lines.append("")
-    elif f["fault"]:
+    if f["recoveries"]:
+        lines += [
+            f"Restarts: {f['num_restarts']}, {f['fault_lost_steps']} step(s) lost, "
+            f"{_fmt(f['fault_recovery_s'], unit=' s')} from detection to training again.",
+            "",
+        ]
+    if f["num_alerts"]:
+        lines += [f"Loss-spike alerts (alert only, no action; the RL loss moves by nature): {f['num_alerts']}.", ""]
+    if f["fault"] and not f["incidents"]:
         lines += [f"Injected fault: {f['fault']}; the monitor recorded no incident.", ""]
     if f["trace"]:
         lines += [

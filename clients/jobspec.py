@@ -137,6 +137,10 @@ class TrainerSection:
     """Most RL steps (the time budget usually ends RL first)."""
     rl_time_budget_s: float = 300.0
     """Wall time of the RL stage, after the warm start."""
+    checkpoint_every_steps: int = 10
+    """A checkpoint after the warm start and every this many RL steps: a crashed or hung run resumes from it."""
+    max_restarts: int = 2
+    """Most times the job restarts a crashed or hung trainer run from its last checkpoint."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -227,6 +231,10 @@ class JobSpec:
         _check(1 <= tr.num_ranks <= 64, "trainer.num_ranks", tr.num_ranks, "must be in 1..64")
         _check(tr.rl_time_budget_s > 0, "trainer.rl_time_budget_s", tr.rl_time_budget_s, "must be > 0")
         _check(
+            tr.checkpoint_every_steps >= 1, "trainer.checkpoint_every_steps", tr.checkpoint_every_steps, "must be >= 1"
+        )
+        _check(0 <= tr.max_restarts <= 10, "trainer.max_restarts", tr.max_restarts, "must be in 0..10")
+        _check(
             tr.rl_time_budget_s < self.time_budget_s,
             "trainer.rl_time_budget_s",
             tr.rl_time_budget_s,
@@ -283,6 +291,7 @@ class JobSpec:
                 "num_steps": tr.max_steps,
                 "time_budget_s": tr.rl_time_budget_s,
                 "num_threads": tr.num_threads,
+                "checkpoint": {"every_steps": tr.checkpoint_every_steps},
                 "dataplane_plan_id": plan_id,
                 "weighthub_model": WEIGHTHUB_MODEL,
                 "rollout": {

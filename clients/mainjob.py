@@ -74,6 +74,10 @@ class Timeline:
     end_state: str = ""
     failure_reason: str = ""
     fault: dict[str, Any] = field(default_factory=dict)
+    recoveries: list[dict[str, Any]] = field(default_factory=list)
+    """One entry per restart of the trainer run from its checkpoint: why, when, lost steps, recovery s."""
+    num_alerts: int = 0
+    """Alert-only incidents (loss spikes of the RL loss, which moves a lot by nature): counted, not listed."""
 
 
 def check_run_dir(run_dir: Path) -> None:
@@ -126,7 +130,8 @@ def service_env(spec: JobSpec, run_dir: Path) -> dict[str, str]:
         "SEEDSTACK_ROLLOUT_WEIGHTS_BIND_HOST": "127.0.0.1",
         "SEEDSTACK_TRAINER_PUBLISH_BIND_HOST": "127.0.0.1",
         "SEEDSTACK_TRAINER_RUNS_DIR": str((run_dir / "trainer").resolve()),
-        "SEEDSTACK_TRAINER_STOP_TIMEOUT_S": "30",
+        # A hung run is stopped to restart it: its ranks are killed this long after the stop request.
+        "SEEDSTACK_TRAINER_STOP_TIMEOUT_S": "15",
         "OMP_NUM_THREADS": "1",
     }
 
@@ -228,6 +233,12 @@ def find_step_trace(run_dir: Path) -> dict[str, Any]:
     }
 
 
+def latest_checkpoint(directory: Path) -> tuple[int, Path] | None:
+    """The newest ``step-NNNNNN.pt`` the trainer wrote there, with its step; None when there is none."""
+    found = sorted((int(p.stem.removeprefix("step-")), p) for p in directory.glob("step-*.pt") if p.stem[5:].isdigit())
+    return found[-1] if found else None
+
+
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
@@ -253,6 +264,7 @@ async def _drive(
     from clients.trainer import TrainerClient
 
     job_id = uuid.uuid4().hex[:8]
+    fault_file = (run_dir / "fault.json") if fault is not None else None
     servers = sorted(n for n in addresses if n.split("-")[0] == "rollout")
     deadline = timeline.started_unix_s + spec.time_budget_s
     async with contextlib.AsyncExitStack() as stack:
@@ -299,14 +311,109 @@ async def _drive(
             file=out,
         )
         timeline.run = {"run_id": run_id, "plan_id": plan_id, "run_dir": str(run_dir / "trainer" / run_id)}
+        run_ids = [run_id]
+        earlier_evals: list[dict[str, Any]] = []
+        segment_rl_started = 0.0
+        rl_used_s = 0.0
         last_swaps = {n: 0 for n in servers}
         stopping = False
         progress = Progress(out)
         plan_stats = None
+
+        async def fault_incident() -> Any:
+            """The monitor's open crash or hang incident of the current run, if any."""
+            if robustness is None:
+                return None
+            with contextlib.suppress(RPCError):
+                reply = await robustness.list_incidents(rb.ListIncidentsRequest(job_id=run_id), timeout_s=5)
+                for incident in reply.incidents:
+                    if incident.fault in (rb.FAULT_KIND_CRASH, rb.FAULT_KIND_HANG):
+                        return incident
+            return None
+
+        async def restart(run: Any, why: str, incident: Any) -> str | None:
+            """Stop what is left of the run, then start it again from its last checkpoint; the new run id."""
+            detected = time.time()
+            if tp.RunState.Name(run.state).removeprefix("RUN_STATE_") not in ("COMPLETED", "STOPPED", "FAILED"):
+                await trainer.stop_run(tp.StopRunRequest(request_id=f"job-{job_id}-halt-{run_id}", run_id=run_id))
+                end = time.time() + 60
+                while time.time() < end:
+                    run = (await trainer.get_run(tp.GetRunRequest(run_id=run_id))).run
+                    if tp.RunState.Name(run.state).removeprefix("RUN_STATE_") in ("COMPLETED", "STOPPED", "FAILED"):
+                        break
+                    await asyncio.sleep(POLL_S)
+            checkpoint = latest_checkpoint(run_dir / "trainer" / run_id / "checkpoints")
+            if checkpoint is None:
+                progress.note(f"{why}; no checkpoint to restart from")
+                return None
+            if fault_file is not None:
+                fault_file.unlink(missing_ok=True)  # an injected fault fires once, not again after the restart
+            resumed = dict(run_config)
+            resumed["checkpoint"] = {**run_config["checkpoint"], "resume_from": str(checkpoint[1])}
+            resumed["time_budget_s"] = max(spec.trainer.rl_time_budget_s - rl_used_s, 10.0)
+            new_id = (
+                await trainer.start_run(
+                    tp.StartRunRequest(
+                        request_id=f"job-{job_id}-run-{len(run_ids)}", run_config_text=json.dumps(resumed)
+                    )
+                )
+            ).run_id
+            timeline.recoveries.append(
+                {
+                    "why": why,
+                    "failed_run": run_id,
+                    "run_id": new_id,
+                    "t_s": detected - timeline.started_unix_s,
+                    "monitor_fault": rb.FaultKind.Name(incident.fault).removeprefix("FAULT_KIND_").lower()
+                    if incident is not None
+                    else "",
+                    "failed_step": int(run.step),
+                    "checkpoint_step": checkpoint[0],
+                    "lost_steps": max(int(run.step) - checkpoint[0], 0),
+                    "recovery_s": None,
+                    "_detected_unix_s": detected,
+                }
+            )
+            progress.note(
+                f"{why}: restarting the trainer from its step-{checkpoint[0]} checkpoint "
+                f"({max(int(run.step) - checkpoint[0], 0)} step(s) lost) as run {new_id}"
+            )
+            return new_id
+
         while True:
             now = time.time()
             run = (await trainer.get_run(tp.GetRunRequest(run_id=run_id))).run
             state = tp.RunState.Name(run.state).removeprefix("RUN_STATE_")
+            if state == "TRAINING" and not segment_rl_started:
+                segment_rl_started = now
+            incident = await fault_incident() if state in ("TRAINING", "STARTING", "WARM_START") else None
+            if (
+                (state == "FAILED" or incident is not None)
+                and not stopping
+                and len(run_ids) <= spec.trainer.max_restarts
+                and now < deadline - 30
+            ):
+                why = (
+                    f"monitor: {incident.summary}"
+                    if incident is not None
+                    else f"trainer run failed: {run.failure_reason.splitlines()[0] if run.failure_reason else '?'}"
+                )
+                rl_used_s += (now - segment_rl_started) if segment_rl_started else 0.0
+                earlier_evals = timeline.evals
+                try:
+                    new_id = await restart(run, why, incident)
+                except RPCError as exc:
+                    progress.note(f"restart failed: {exc.method}: {exc.code.name}: {exc.details}")
+                    new_id = None
+                if new_id is not None:
+                    run_id = new_id
+                    run_ids.append(run_id)
+                    timeline.run.update(run_id=run_id, run_dir=str(run_dir / "trainer" / run_id), run_ids=run_ids)
+                    segment_rl_started = 0.0
+                    continue
+            pending = timeline.recoveries[-1] if timeline.recoveries else None
+            if pending and pending["recovery_s"] is None and run.step > pending["checkpoint_step"]:
+                pending["recovery_s"] = now - pending.pop("_detected_unix_s")
             stats: dict[str, Any] = {}
             for name, client in rollouts.items():
                 with contextlib.suppress(RPCError):
@@ -327,7 +434,7 @@ async def _drive(
                         }
                     )
                     last_swaps[name] = int(s.num_weight_swaps)
-            timeline.evals = [
+            timeline.evals = earlier_evals + [
                 {
                     "step": int(e.step),
                     "accuracy": float(e.accuracy),
@@ -335,6 +442,7 @@ async def _drive(
                     "t_s": e.evaluated_at.ToNanoseconds() / 1e9 - timeline.started_unix_s,
                 }
                 for e in run.evals
+                if not earlier_evals or e.step > earlier_evals[-1]["step"]
             ]
             served = [int(s.served_version) for s in stats.values()]
             poll = {
@@ -384,18 +492,26 @@ async def _drive(
                     "num_samples_finished": int(s.num_samples_finished),
                     "num_tokens_generated": int(s.num_tokens_generated),
                 }
+        for pending in timeline.recoveries:
+            pending.pop("_detected_unix_s", None)
         if robustness is not None:
-            with contextlib.suppress(RPCError):
-                reply = await robustness.list_incidents(rb.ListIncidentsRequest(job_id=run_id), timeout_s=10)
-                for incident in reply.incidents:
-                    row: dict[str, Any] = incident_row(incident)
-                    row["t_s"] = incident.detected_at.ToNanoseconds() / 1e9 - timeline.started_unix_s
-                    timeline.incidents.append(row)
+            for rid in run_ids:
+                with contextlib.suppress(RPCError):
+                    reply = await robustness.list_incidents(rb.ListIncidentsRequest(job_id=rid), timeout_s=10)
+                    for incident in sorted(reply.incidents, key=lambda i: i.detected_at.ToNanoseconds()):
+                        if incident.summary.endswith("(alert only)"):
+                            timeline.num_alerts += 1
+                            continue
+                        row: dict[str, Any] = incident_row(incident)
+                        row["t_s"] = incident.detected_at.ToNanoseconds() / 1e9 - timeline.started_unix_s
+                        timeline.incidents.append(row)
         if fault is not None:
             timeline.fault = {"kind": fault.kind, "step": fault.step, "rank": 1 % spec.trainer.num_ranks}
-        steps_file = run_dir / "trainer" / run_id / "steps.jsonl"
-        if steps_file.exists():
-            timeline.steps = [json.loads(line) for line in steps_file.read_text().splitlines() if line.strip()]
+        for rid in run_ids:
+            steps_file = run_dir / "trainer" / rid / "steps.jsonl"
+            if steps_file.exists():
+                lines = steps_file.read_text().splitlines()
+                timeline.steps += [{**json.loads(line), "run_id": rid} for line in lines if line.strip()]
     if timeline.end_state == "FAILED":
         reason = timeline.failure_reason.splitlines()[0] if timeline.failure_reason else "?"
         print(f"seedctl run: the trainer run failed: {reason}", file=out)

@@ -750,9 +750,17 @@ class Engine:
         control = control or Control()
         if spec.checkpoint.resume_from:
             self.load_checkpoint(Path(spec.checkpoint.resume_from))
+            # Versions after the checkpoint's were published before the restart: never publish one twice.
+            latest = getattr(self.sink, "latest_version", None)
+            if latest is not None:
+                self.version = max(self.version, int(latest()))
         if not self.warm_started and spec.warm_start.num_steps > 0:
             self.reporter.state("WARM_START")
             self.warm_start()
+            if spec.checkpoint.every_steps and self.checkpoint_dir is not None:
+                # A fault in the first RL steps then resumes after the warm start, not before it.
+                self.warm_started = True
+                self.save_checkpoint(self.checkpoint_path(self.step))
         self.warm_started = True
         self.freeze_reference()
         if self.version == 0:

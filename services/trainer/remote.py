@@ -82,8 +82,28 @@ class HubSink:
             await publisher.start()
             return publisher
 
+        self._address, self._model = address, model
         self._loop = LoopThread(f"publisher-{rank}")
         self._publisher = self._loop.call(start())
+
+    def latest_version(self) -> int:
+        """The hub's latest committed version of the model; 0 when it has none."""
+        from seedstack.weighthub.v1 import weighthub_pb2 as wh
+
+        from clients.base import RPCError
+        from clients.weighthub import WeightHubClient
+
+        async def latest() -> int:
+            async with WeightHubClient(self._address) as client:
+                try:
+                    reply = await client.get_manifest(wh.GetManifestRequest(model=self._model, version=0))
+                except RPCError as exc:
+                    if exc.code.name == "NOT_FOUND":
+                        return 0
+                    raise
+                return int(reply.manifest.version)
+
+        return self._loop.call(latest())
 
     def publish(self, version: int, tensors: dict[str, torch.Tensor]) -> None:
         """Publish ``version``; returns when the hub committed it (every rank's shard in)."""
