@@ -13,13 +13,11 @@ constructors replaced by ones that refuse. A wall-clock timeout kills the whole 
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import enum
 import json
 import math
 import os
 import re
-import resource
 import secrets
 import signal
 import sys
@@ -236,6 +234,20 @@ def verify_math(answer: str, reference: str) -> Verdict:
 
 _HARNESS = r"""
 import ast, json, socket, sys
+# Sandbox first, in this fresh single-threaded interpreter: doing it in a preexec_fn between fork and
+# exec of a multi-threaded server (gRPC, torch threads) crashed the child with SIGSEGV under load.
+import ctypes, resource
+_limits = json.loads(sys.argv[1])
+try:
+    _libc = ctypes.CDLL(None, use_errno=True)
+    if _libc.unshare(0x40000000) != 0:  # CLONE_NEWNET; else with CLONE_NEWUSER where unprivileged
+        _libc.unshare(0x10000000 | 0x40000000)
+except OSError:
+    pass
+resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+resource.setrlimit(resource.RLIMIT_FSIZE, (_limits["output_bytes"], _limits["output_bytes"]))
+resource.setrlimit(resource.RLIMIT_CPU, (_limits["cpu_s"], _limits["cpu_s"] + 1))
+resource.setrlimit(resource.RLIMIT_AS, (_limits["memory_bytes"], _limits["memory_bytes"]))
 def _refuse(*args, **kwargs):
     raise OSError("network access is disabled in the verifier sandbox")
 for _name in ("socket", "create_connection", "getaddrinfo", "socketpair", "fromfd", "create_server"):
@@ -277,23 +289,6 @@ for _stmt in _tree.body:
 _report(phase="done", passed=_passed, total=_total, first_failure=_first)
 """
 
-_CLONE_NEWUSER = 0x10000000
-_CLONE_NEWNET = 0x40000000
-
-
-def _sandbox_limits(memory_bytes: int, cpu_s: int, output_bytes: int) -> None:
-    """Runs in the child between fork and exec: limits, own session, no network where possible."""
-    os.setsid()
-    resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
-    resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s + 1))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (output_bytes, output_bytes))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.unshare(_CLONE_NEWNET) != 0:
-            libc.unshare(_CLONE_NEWUSER | _CLONE_NEWNET)
-    except OSError:
-        pass
 
 
 def extract_code(answer: str) -> str:
@@ -321,12 +316,15 @@ async def verify_code(
                 "-S",
                 "-c",
                 _HARNESS,
+                json.dumps(
+                    {"memory_bytes": memory_bytes, "cpu_s": max(1, math.ceil(timeout_s)), "output_bytes": output_bytes}
+                ),
                 stdin=asyncio.subprocess.PIPE,
                 stdout=out,
                 stderr=err,
                 cwd=workdir,
                 env={"PATH": "/usr/bin:/bin", "PYTHONHASHSEED": "0"},
-                preexec_fn=lambda: _sandbox_limits(memory_bytes, max(1, math.ceil(timeout_s)), output_bytes),
+                start_new_session=True,  # its own process group, so a timeout kills everything it started
             )
             started = time.monotonic()
             try:
