@@ -50,7 +50,7 @@ async def engine_tokens_per_s(generation: Generation, batch: int, new_tokens: in
     return tokens / (time.perf_counter() - start)
 
 
-def hf_tokens_per_s(model: torch.nn.Module, batch: int, new_tokens: int) -> float:
+def hf_tokens_per_s(model: Any, batch: int, new_tokens: int) -> float:
     ids = prompts(batch)
     width = max(len(p) for p in ids)
     input_ids = torch.tensor([[0] * (width - len(p)) + p for p in ids])
@@ -68,7 +68,7 @@ def hf_tokens_per_s(model: torch.nn.Module, batch: int, new_tokens: int) -> floa
     return (out.shape[1] - width) * batch / (time.perf_counter() - start)
 
 
-def hf_one_at_a_time_tokens_per_s(model: torch.nn.Module, count: int, new_tokens: int) -> float:
+def hf_one_at_a_time_tokens_per_s(model: Any, count: int, new_tokens: int) -> float:
     start = time.perf_counter()
     tokens = 0
     with torch.inference_mode():
@@ -221,7 +221,8 @@ async def bench_stall(quick: bool, figures: dict[str, Any]) -> float:
     await updater.attach(source, "policy", follow=False)
     generation = Generation(engine, router)
     reps = 2 if quick else 4
-    ours, theirs = [], []
+    ours: list[float] = []
+    theirs: list[float] = []
     params = SamplingParams(temperature=1.0, max_new_tokens=400)
     async with generation.call() as call:
         call.submit(
@@ -288,7 +289,7 @@ async def bench_verifiers(quick: bool, figures: dict[str, Any]) -> float:
     await asyncio.gather(*(one() for _ in range(num_code)))
     code_elapsed = time.perf_counter() - start_all
 
-    def pct(xs: list[float], q: float) -> float:
+    def pct(xs: list[float], q: int) -> float:
         return round(statistics.quantiles(xs, n=100)[q - 1] * 1000, 3)
 
     figures["verifiers"] = {
