@@ -31,7 +31,7 @@ from services.rollout.engine import (
 )
 from services.rollout.generation import EventRouter, Generation
 from services.rollout.model import build_model, load_tokenizer
-from services.rollout.streaming import PromptItem, RolloutSettings, RolloutWorker, ScoredSample
+from services.rollout.streaming import PromptItem, RolloutSettings, RolloutWorker, ScoredSample, score_event
 from services.rollout.verifiers import Verdict, Verifiers
 from services.rollout.weights import UpdateResult, WeightSource, WeightUpdater
 
@@ -194,27 +194,7 @@ class RolloutCore:
                 if event.kind == "delta":
                     yield event
                 elif event.kind == "finished":
-                    yield await self._finished(event, verify)
-
-    async def _finished(self, event: Event, verify: bool) -> ScoredSample:
-        prompt: PromptItem = event.tag
-        reward = None
-        metadata: dict[str, str] = {}
-        if verify:
-            verdict = await self.verifiers.verify(prompt.verifier, event.text, prompt.reference)
-            reward = verdict.score
-            metadata = {"verify_outcome": verdict.outcome.value, "verify_detail": verdict.detail[:200]}
-        return ScoredSample(
-            prompt=prompt,
-            sample_index=event.sample_index,
-            completion_ids=event.completion_ids,
-            logprobs=event.logprobs,
-            spans=event.spans,
-            text=event.text,
-            finish_reason=event.finish_reason,
-            reward=reward,
-            metadata=metadata,
-        )
+                    yield await score_event(self.verifiers, event, verify=verify)
 
     async def verify(self, kind: str, answer: str, reference: str, timeout_s: float) -> Verdict:
         """Score one answer."""

@@ -249,23 +249,29 @@ class RolloutWorker:
 
     async def _score(self, event: Event) -> ScoredSample:
         prompt: PromptItem = event.tag
-        reward = None
-        metadata: dict[str, str] = {}
-        if prompt.verifier:
-            verdict = await self.verifiers.verify(prompt.verifier, event.text, prompt.reference)
-            reward = verdict.score
-            metadata = {"verify_outcome": verdict.outcome.value, "verify_detail": verdict.detail[:200]}
-        return ScoredSample(
-            prompt=prompt,
-            sample_index=event.sample_index,
-            completion_ids=event.completion_ids,
-            logprobs=event.logprobs,
-            spans=event.spans,
-            text=event.text,
-            finish_reason=event.finish_reason,
-            reward=reward,
-            metadata=metadata,
-        )
+        return await score_event(self.verifiers, event, verify=bool(prompt.verifier))
+
+
+async def score_event(verifiers: Verifiers, event: Event, *, verify: bool) -> ScoredSample:
+    """A finished sequence as a sample, scored by its prompt's verifier when ``verify``."""
+    prompt: PromptItem = event.tag
+    reward = None
+    metadata: dict[str, str] = {}
+    if verify:
+        verdict = await verifiers.verify(prompt.verifier, event.text, prompt.reference)
+        reward = verdict.score
+        metadata = {"verify_outcome": verdict.outcome.value, "verify_detail": verdict.detail[:200]}
+    return ScoredSample(
+        prompt=prompt,
+        sample_index=event.sample_index,
+        completion_ids=event.completion_ids,
+        logprobs=event.logprobs,
+        spans=event.spans,
+        text=event.text,
+        finish_reason=event.finish_reason,
+        reward=reward,
+        metadata=metadata,
+    )
 
 
 def _partial(event: Event) -> Partial:
