@@ -13,7 +13,6 @@ by transformers with ``gguf``); nothing is ever downloaded (``HF_HUB_OFFLINE=1``
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from typing import Any, Protocol
 import torch
 
 from services.common.errors import InvalidArgument
+from services.common.lm import llama_config
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -101,24 +101,7 @@ class HFTokenizer:
 
 def model_config(config_json: str) -> Any:
     """A ``LlamaConfig`` from JSON, the defaults above where the JSON is silent or empty."""
-    from transformers import LlamaConfig
-
-    fields = dict(DEFAULT_CONFIG)
-    if config_json:
-        try:
-            given = json.loads(config_json)
-        except ValueError as exc:
-            raise InvalidArgument(f"model.config_json: not JSON: {exc}") from None
-        if not isinstance(given, dict):
-            raise InvalidArgument("model.config_json: expected a JSON object")
-        fields.update(given)
-    if fields.get("model_type", "llama") != "llama":
-        raise InvalidArgument(f"model.config_json: model_type={fields['model_type']!r}, only 'llama' is built in")
-    fields.pop("model_type", None)
-    try:
-        return LlamaConfig(**fields)
-    except (TypeError, ValueError) as exc:
-        raise InvalidArgument(f"model.config_json: {exc}") from None
+    return llama_config(config_json, DEFAULT_CONFIG)
 
 
 def load_tokenizer(name: str, checkpoint_path: str = "") -> Tokenizer:

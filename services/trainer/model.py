@@ -9,7 +9,6 @@ prompt token ids from the data plane are this model's ids. A newline ends an ans
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import torch
 
 from services.common.errors import InvalidArgument
+from services.common.lm import llama_config
 
 EOS_TEXT = "\n"
 DEFAULT_CONFIG: dict[str, Any] = {
@@ -66,23 +66,10 @@ def load_tokenizer(name: str) -> CharTokenizer:
 
 def model_config(config_json: str) -> Any:
     """A ``LlamaConfig`` from JSON (the defaults above where the JSON is silent or empty)."""
-    from transformers import LlamaConfig
-
-    fields = dict(DEFAULT_CONFIG)
-    if config_json:
-        try:
-            given = json.loads(config_json)
-        except ValueError as exc:
-            raise InvalidArgument(f"model.config_json: not JSON: {exc}") from None
-        if not isinstance(given, dict):
-            raise InvalidArgument("model.config_json: expected a JSON object")
-        fields.update(given)
-    if fields.get("model_type", "llama") != "llama":
-        raise InvalidArgument(f"model.config_json: model_type={fields['model_type']!r}, only 'llama' is built in")
-    if int(fields["vocab_size"]) < 256:
-        raise InvalidArgument(f"model.config_json: vocab_size={fields['vocab_size']} < 256 of the char tokenizer")
-    fields.pop("model_type", None)
-    return LlamaConfig(**fields)
+    config = llama_config(config_json, DEFAULT_CONFIG)
+    if int(config.vocab_size) < 256:
+        raise InvalidArgument(f"model.config_json: vocab_size={config.vocab_size} < 256 of the char tokenizer")
+    return config
 
 
 def build_model(config_json: str = "", checkpoint_path: str = "", *, seed: int = 0) -> torch.nn.Module:
