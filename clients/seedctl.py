@@ -32,6 +32,7 @@ from typing import Any
 
 from clients.base import probe_health
 from services.common.catalog import SERVICES, service_info
+from services.common.redis_meta import RedisMeta, ServiceRegistry, connect
 from services.common.redis_proc import RedisProcess, redis_answers
 
 STATE_FILE = "stack.json"
@@ -132,18 +133,12 @@ def start_service(name: str, run_dir: Path, redis_url: str, instance: str = "") 
     return ProcessState(instance, proc.pid, str(log_path), time.time(), service=name)
 
 
-async def _registered_address(redis_url: str, name: str, pid: int) -> str:
+async def _registered_address(registry: ServiceRegistry, name: str, pid: int) -> str:
     """The address the process ``pid`` of service ``name`` registered, or ""."""
-    from services.common.redis_meta import RedisMeta, ServiceRegistry, connect
-
-    meta = RedisMeta(connect(redis_url, retries=1), "registry")
-    try:
-        for record in await ServiceRegistry(meta).resolve(name):
-            if int(record.get("pid", -1)) == pid and record.get("host") == socket.gethostname():
-                return str(record["address"])
-        return ""
-    finally:
-        await meta.close()
+    for record in await registry.resolve(name):
+        if int(record.get("pid", -1)) == pid and record.get("host") == socket.gethostname():
+            return str(record["address"])
+    return ""
 
 
 def _tail(path: str, num_lines: int = 8) -> str:
@@ -222,6 +217,15 @@ def up(run_dir: Path, timeout_s: float, only: list[str] | None = None,
 
 
 async def _wait_serving(state: StackState, timeout_s: float) -> None:
+    # One registry connection for the whole wait, not one per service per poll.
+    meta = RedisMeta(connect(state.redis_url, retries=1), "registry")
+    try:
+        await _poll_serving(state, ServiceRegistry(meta), timeout_s)
+    finally:
+        await meta.close()
+
+
+async def _poll_serving(state: StackState, registry: ServiceRegistry, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     pending = dict(state.services)
     while pending:
@@ -230,7 +234,7 @@ async def _wait_serving(state: StackState, timeout_s: float) -> None:
                 raise SeedctlError(f"{name} exited during start-up; last lines of {proc.log_path}:\n"
                                    f"{_tail(proc.log_path)}")
             if not proc.address:
-                proc.address = await _registered_address(state.redis_url, proc.service or name, proc.pid)
+                proc.address = await _registered_address(registry, proc.service or name, proc.pid)
             if proc.address and await probe_health(proc.address) == "SERVING":
                 print(f"seedctl: {name:<11} SERVING on {proc.address} "
                       f"({time.time() - proc.started_unix_s:.1f} s)")
