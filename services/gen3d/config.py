@@ -21,7 +21,7 @@ class Gen3DConfig(ServerConfig):
     job_time_limit_s: float = 600.0
     """Longest a job may run; past it its process is killed and the job fails saying so."""
     resolution: int = 128
-    """Voxels along an object's longer side for the classical geometry."""
+    """Voxels along an object's longer side for the classical geometry (at least; finer for thin parts)."""
     max_faces: int = 6000
     """Faces of the visual mesh at most."""
     texture_size_px: int = 512

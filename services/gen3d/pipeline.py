@@ -157,7 +157,6 @@ def build_object(
         # A support in a scene keeps its top up; anything else may be laid on a side it rests on.
         pose = stability.choose_rest_pose(geom.mesh, hollow=thickness > 0, allow_turn=not flat_top)
         notes += pose.notes
-        silhouette_iou = render.iou(render.silhouette(pose.mesh, geom.origin_col, geom.origin_row, mask.shape), mask)
     with clock.stage("texture"):
         textured = texture.bake(
             np.asarray(pose.mesh.vertices),
@@ -169,17 +168,6 @@ def build_object(
             size_px=options.texture_size_px or settings.texture_size_px,
             object_class=options.object_class,
         )
-        front = render.render_front(
-            textured.vertices,
-            textured.faces,
-            textured.uv,
-            textured.albedo,
-            geom.origin_col,
-            geom.origin_row,
-            mask.shape,
-        )
-        both = mask & (front.sum(axis=2) > 0)
-        texture_error = float(np.abs(front.astype(np.float32) - image.rgb.astype(np.float32))[both].mean() / 255.0)
         # Everything from here on is in the rest frame, the pose the asset is exported and checked in.
         textured.vertices = pose.apply(textured.vertices)
         rest_mesh = trimesh.Trimesh(
@@ -204,6 +192,15 @@ def build_object(
         (folder / f"{name}.urdf").write_text(export.urdf(placed, model=name))
         files += [f"{name}.xml", f"{name}.urdf"]
         reloaded = export.verify_reload(folder, files)
+        # The exported GLB seen again by the input camera: its silhouette and texture against the input.
+        front = check.front_view(
+            folder / f"{name}.glb",
+            lambda p: pose.unapply(p / phys.metres_per_unit),
+            geom.origin_col,
+            geom.origin_row,
+            image.rgb,
+            mask,
+        )
         preview = render.render_preview(textured.vertices, textured.faces, textured.uv, textured.albedo)
         Image.fromarray(preview).save(folder / f"{name}_preview.png")
         files.append(f"{name}_preview.png")
@@ -223,8 +220,9 @@ def build_object(
         "wall_thickness_m": phys.wall_thickness_m,
         "num_collision_hulls": len(phys.hulls),
         "collision_method": phys.hull_method,
-        "silhouette_iou": silhouette_iou,
-        "texture_error": texture_error,
+        "silhouette_iou": front.silhouette_iou,
+        "texture_error": front.texture_error,
+        "texture_baseline_error": front.flat_colour_error,
         "roughness": textured.roughness,
         "metallic": textured.metallic,
         "highlight_fraction": textured.highlight_fraction,

@@ -103,6 +103,7 @@ def _report(r: dict[str, Any]) -> pb.AssetReport:
         roughness=r["roughness"],
         metallic=r["metallic"],
         rest_pose=_rest_pose(r.get("rest_pose")),
+        texture_baseline_error=r.get("texture_baseline_error", 0.0),
     )
 
 

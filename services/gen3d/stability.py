@@ -63,6 +63,10 @@ class RestPose:
         """Image-frame points in the rest frame."""
         return np.asarray(points) @ self.rotation.T + self.translation
 
+    def unapply(self, points: np.ndarray) -> np.ndarray:
+        """Rest-frame points back in the image frame (the inverse of ``apply``)."""
+        return (np.asarray(points) - self.translation) @ self.rotation
+
     def quaternion(self) -> tuple[float, float, float, float]:
         """The rotation as a (w, x, y, z) quaternion."""
         m = np.eye(4)
@@ -112,7 +116,10 @@ def trim_base(mesh: trimesh.Trimesh, height: float) -> trimesh.Trimesh | None:
     if cut.is_empty():
         return None
     m = cut.to_mesh()
-    out = trimesh.Trimesh(np.asarray(m.vert_properties)[:, :3], np.asarray(m.tri_verts), process=True)
+    # Not merged by position: where two parts of the surface touch, manifold3d keeps distinct vertices
+    # and merging them would make the mesh non-manifold.
+    out = trimesh.Trimesh(np.asarray(m.vert_properties)[:, :3], np.asarray(m.tri_verts), process=False)
+    out.remove_unreferenced_vertices()
     if not (out.is_watertight and out.is_volume):
         return None
     return out

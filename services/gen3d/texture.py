@@ -17,10 +17,12 @@ import trimesh
 import xatlas
 from scipy import ndimage
 
-from services.gen3d.render import barycentric, face_ids
+from services.gen3d.render import interpolate, rasterize
 
 METALLIC_CLASSES = frozenset({"can", "spoon", "fork", "knife", "pan", "pot", "kettle", "wrench", "key", "coin"})
 """Object classes whose surface is taken as metal."""
+OUTLINE_BAND_PX = 8
+"""Width of the band outside the outline that gets the object's colours blended in (see ``bake``)."""
 
 
 @dataclass
@@ -99,14 +101,17 @@ def bake(
     vmap, new_faces, uvs = unwrap(vertices, faces)
     new_vertices = vertices[vmap]
     highlights = find_highlights(rgb, mask)
-    # Fill the highlights and everything outside the object from the object's own colours, so texels
-    # that project just past the outline get object colours rather than the background.
-    clean = fill_from_neighbours(rgb, highlights | ~mask, mask & ~highlights)
+    # Fill the highlights and a band outside the object from the object's own colours, so texels that
+    # project just past the outline get object colours rather than the background. Nothing of the
+    # surface projects further out; the nearest filled colour does there (blending over the whole
+    # background costs seconds on a large photograph).
+    band = ~mask & (ndimage.distance_transform_edt(~mask) <= OUTLINE_BAND_PX)
+    clean = fill_from_neighbours(rgb, highlights | band, mask & ~highlights)
+    _, (near_r, near_c) = ndimage.distance_transform_edt(~(mask | band), return_indices=True)
+    clean = clean[near_r, near_c]
     pts = np.stack([uvs[:, 0] * size_px, (1.0 - uvs[:, 1]) * size_px], axis=1)
-    ids = face_ids(pts, new_faces, None, (size_px, size_px))
-    pix, bary = barycentric(pts, new_faces, ids)
-    f = ids[pix[:, 0], pix[:, 1]]
-    pos = (new_vertices[new_faces[f]] * bary[:, :, None]).sum(axis=1)
+    raster = rasterize(pts, new_faces, (size_px, size_px))
+    pix, pos = interpolate(raster, new_faces, new_vertices)
     cols = origin_col + pos[:, 0] - 0.5
     rows = origin_row - pos[:, 2] - 0.5
     albedo = np.zeros((size_px, size_px, 3), dtype=np.uint8)
@@ -114,7 +119,7 @@ def bake(
         albedo[pix[:, 0], pix[:, 1], c] = np.clip(
             ndimage.map_coordinates(clean[..., c].astype(np.float32), [rows, cols], order=1, mode="nearest"), 0, 255
         )
-    covered = ids >= 0
+    covered = raster.covered
     # Texels outside every chart get the nearest chart's colour, so filtering at seams shows no dark lines.
     _, (nr, nc) = ndimage.distance_transform_edt(~covered, return_indices=True)
     albedo = albedo[nr, nc]

@@ -63,6 +63,8 @@ async def test_image_to_asset_with_progress_and_fetch(service: tuple[GrpcServer,
     assert {t.stage for t in job.stage_timings} == set(order)
     report = job.assets[0]
     assert report.watertight and report.mass_kg > 0 and report.drop_test.num_drops == 2
+    # The texture, seen again through the input camera, beats a flat coat of the mug's mean colour.
+    assert 0 < report.texture_error < report.texture_baseline_error
     # The same request id names the same job.
     assert await client.submit_image(image, request_id="r1") == job_id
     paths = await client.fetch_to_folder(job_id, tmp / "out")

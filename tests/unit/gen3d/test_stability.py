@@ -10,7 +10,7 @@ import trimesh
 
 from services.gen3d import stability
 from services.gen3d.pipeline import ObjectOptions, Settings, build_object
-from services.gen3d.stability import choose_rest_pose, tipping_angle_deg
+from services.gen3d.stability import MIN_TIP_DEG, choose_rest_pose, tipping_angle_deg
 
 
 def test_tipping_angle_of_a_box() -> None:
@@ -52,8 +52,8 @@ def test_horse_photo_rests_in_the_pose_it_is_exported_in(tmp_path: Path) -> None
     settings = Settings(resolution=48, texture_size_px=64, collision_budget_s=0.0, num_drops=3, max_side_px=256)
     result = build_object(data, tmp_path, options=ObjectOptions(object_class="toy"), settings=settings)
     report = result.report
-    # Inflated, it stands on knife-thin legs; it is exported lying on its side, and settles so.
-    assert report["rest_pose"]["reoriented"] and report["rest_pose"]["upright_tipping_angle_deg"] < 0
+    # Inflated, it stands on thin legs, too unsteadily; it is exported lying on its side, and settles so.
+    assert report["rest_pose"]["reoriented"] and report["rest_pose"]["upright_tipping_angle_deg"] < MIN_TIP_DEG
     assert report["watertight"]
     assert report["drop_test"]["num_stable"] == 3, report["drop_test"]["failures"]
     assert any("exported lying on another side" in n for n in report["notes"])

@@ -198,7 +198,7 @@ class DropTest(_message.Message):
     def __init__(self, num_drops: _Optional[int] = ..., num_stable: _Optional[int] = ..., max_penetration_m: _Optional[float] = ..., max_impact_penetration_m: _Optional[float] = ..., failures: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class AssetReport(_message.Message):
-    __slots__ = ("name", "watertight", "num_vertices", "num_faces", "extents_m", "mass_kg", "center_of_mass_m", "inertia_kg_m2", "num_collision_hulls", "silhouette_iou", "drop_test", "texture_error", "geometry_method", "collision_method", "roughness", "metallic", "rest_pose")
+    __slots__ = ("name", "watertight", "num_vertices", "num_faces", "extents_m", "mass_kg", "center_of_mass_m", "inertia_kg_m2", "num_collision_hulls", "silhouette_iou", "drop_test", "texture_error", "geometry_method", "collision_method", "roughness", "metallic", "rest_pose", "texture_baseline_error")
     NAME_FIELD_NUMBER: _ClassVar[int]
     WATERTIGHT_FIELD_NUMBER: _ClassVar[int]
     NUM_VERTICES_FIELD_NUMBER: _ClassVar[int]
@@ -216,6 +216,7 @@ class AssetReport(_message.Message):
     ROUGHNESS_FIELD_NUMBER: _ClassVar[int]
     METALLIC_FIELD_NUMBER: _ClassVar[int]
     REST_POSE_FIELD_NUMBER: _ClassVar[int]
+    TEXTURE_BASELINE_ERROR_FIELD_NUMBER: _ClassVar[int]
     name: str
     watertight: bool
     num_vertices: int
@@ -233,7 +234,8 @@ class AssetReport(_message.Message):
     roughness: float
     metallic: float
     rest_pose: RestPose
-    def __init__(self, name: _Optional[str] = ..., watertight: _Optional[bool] = ..., num_vertices: _Optional[int] = ..., num_faces: _Optional[int] = ..., extents_m: _Optional[_Union[Vector3, _Mapping]] = ..., mass_kg: _Optional[float] = ..., center_of_mass_m: _Optional[_Union[Vector3, _Mapping]] = ..., inertia_kg_m2: _Optional[_Union[Inertia, _Mapping]] = ..., num_collision_hulls: _Optional[int] = ..., silhouette_iou: _Optional[float] = ..., drop_test: _Optional[_Union[DropTest, _Mapping]] = ..., texture_error: _Optional[float] = ..., geometry_method: _Optional[str] = ..., collision_method: _Optional[str] = ..., roughness: _Optional[float] = ..., metallic: _Optional[float] = ..., rest_pose: _Optional[_Union[RestPose, _Mapping]] = ...) -> None: ...
+    texture_baseline_error: float
+    def __init__(self, name: _Optional[str] = ..., watertight: _Optional[bool] = ..., num_vertices: _Optional[int] = ..., num_faces: _Optional[int] = ..., extents_m: _Optional[_Union[Vector3, _Mapping]] = ..., mass_kg: _Optional[float] = ..., center_of_mass_m: _Optional[_Union[Vector3, _Mapping]] = ..., inertia_kg_m2: _Optional[_Union[Inertia, _Mapping]] = ..., num_collision_hulls: _Optional[int] = ..., silhouette_iou: _Optional[float] = ..., drop_test: _Optional[_Union[DropTest, _Mapping]] = ..., texture_error: _Optional[float] = ..., geometry_method: _Optional[str] = ..., collision_method: _Optional[str] = ..., roughness: _Optional[float] = ..., metallic: _Optional[float] = ..., rest_pose: _Optional[_Union[RestPose, _Mapping]] = ..., texture_baseline_error: _Optional[float] = ...) -> None: ...
 
 class RestPose(_message.Message):
     __slots__ = ("tipping_angle_deg", "upright_tipping_angle_deg", "cut_m", "reoriented", "qw", "qx", "qy", "qz")
