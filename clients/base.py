@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Self
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.common.interceptors import ClientInterceptor
+from services.common.interceptors import client_interceptors
 from services.common.server import grpc_options
 
 logger = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ def create_channel(address: str, options: ClientOptions | None = None) -> grpc.a
     """An aio channel to ``address`` with the token, tracing and message bounds applied."""
     options = options or ClientOptions()
     channel_options: list[tuple[str, Any]] = list(grpc_options(options.max_message_bytes))
-    interceptors = [ClientInterceptor(options.token)]
+    interceptors = client_interceptors(options.token)
     if options.tls_ca_path is None:
         return grpc.aio.insecure_channel(address, options=channel_options, interceptors=interceptors)
     creds = grpc.ssl_channel_credentials(

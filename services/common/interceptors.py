@@ -169,13 +169,14 @@ def _with_metadata(details: grpc.aio.ClientCallDetails, extra: dict[str, str]) -
     )
 
 
-class ClientInterceptor(
-    grpc.aio.UnaryUnaryClientInterceptor,
-    grpc.aio.UnaryStreamClientInterceptor,
-    grpc.aio.StreamUnaryClientInterceptor,
-    grpc.aio.StreamStreamClientInterceptor,
-):
-    """Sends the shared token and the trace context; records a CLIENT span for each call."""
+class ClientInterceptor:
+    """Sends the shared token and the trace context; records a CLIENT span for each call.
+
+    grpc.aio files an interceptor under the first call kind it implements (an if/elif over the
+    four kinds), so one object subclassing all four would only ever see unary-unary calls: streams
+    (PutSamples, Generate, WatchVersions...) would go out without the token or the trace context.
+    ``client_interceptors`` gives one object per kind; use it, not this class, on a channel.
+    """
 
     def __init__(self, token: str = "") -> None:
         self._token = token
@@ -205,18 +206,44 @@ class ClientInterceptor(
         call.add_done_callback(lambda c: asyncio.ensure_future(finish(c)))
         return call
 
+
+class _UnaryUnaryClientInterceptor(ClientInterceptor, grpc.aio.UnaryUnaryClientInterceptor):
+    """``ClientInterceptor`` for UnaryUnary calls."""
+
     async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
         span, details = self._start(details)
         return self._end_when_done(span, await continuation(details, request))
+
+
+class _UnaryStreamClientInterceptor(ClientInterceptor, grpc.aio.UnaryStreamClientInterceptor):
+    """``ClientInterceptor`` for UnaryStream calls."""
 
     async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
         span, details = self._start(details)
         return self._end_when_done(span, await continuation(details, request))
 
+
+class _StreamUnaryClientInterceptor(ClientInterceptor, grpc.aio.StreamUnaryClientInterceptor):
+    """``ClientInterceptor`` for StreamUnary calls."""
+
     async def intercept_stream_unary(self, continuation: Any, details: Any, request_iterator: Any) -> Any:
         span, details = self._start(details)
         return self._end_when_done(span, await continuation(details, request_iterator))
 
+
+class _StreamStreamClientInterceptor(ClientInterceptor, grpc.aio.StreamStreamClientInterceptor):
+    """``ClientInterceptor`` for StreamStream calls."""
+
     async def intercept_stream_stream(self, continuation: Any, details: Any, request_iterator: Any) -> Any:
         span, details = self._start(details)
         return self._end_when_done(span, await continuation(details, request_iterator))
+
+
+def client_interceptors(token: str = "") -> list[grpc.aio.ClientInterceptor]:
+    """One ``ClientInterceptor`` per call kind, so that every call carries the token and trace context."""
+    return [
+        _UnaryUnaryClientInterceptor(token),
+        _UnaryStreamClientInterceptor(token),
+        _StreamUnaryClientInterceptor(token),
+        _StreamStreamClientInterceptor(token),
+    ]

@@ -119,6 +119,29 @@ async def test_shared_token_is_required_except_for_health(redis_url: str) -> Non
         await server.stop(0)
 
 
+async def test_streaming_calls_carry_the_token_too(redis_url: str) -> None:
+    """grpc.aio files a client interceptor under one call kind only: streams must get the token as well."""
+    server = await create_weighthub(WeightHubConfig(redis_url=redis_url, port=0, auth_token="s3cret"))
+    await server.server.start()
+    address = f"127.0.0.1:{server.port}"
+
+    async def first_status(token: str) -> grpc.StatusCode:
+        async with WeightHubClient(address, ClientOptions(token=token)) as client:
+            stream = wh_grpc.WeightHubStub(client.channel).WatchVersions(wh.WatchVersionsRequest(model=""))
+            try:
+                async for _ in stream:
+                    return grpc.StatusCode.OK
+            except grpc.aio.AioRpcError as exc:
+                return exc.code()
+            return grpc.StatusCode.OK
+
+    try:
+        assert await first_status("wrong") == grpc.StatusCode.UNAUTHENTICATED
+        assert await first_status("s3cret") == grpc.StatusCode.INVALID_ARGUMENT  # past the token: empty model
+    finally:
+        await server.stop(0)
+
+
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl CLI not installed")
 async def test_tls_when_certificates_are_configured(redis_url: str, tmp_path: Path) -> None:
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
