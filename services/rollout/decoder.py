@@ -2,9 +2,10 @@
 
 Hugging Face's ``generate`` spends most of a small model's decode step in framework overhead (4-6 ms
 per step here), not arithmetic. This module runs the same weights (the model's own state-dict names)
-with the fewest possible torch calls: fused QKV and gate/up projections, one SDPA call per layer over
-a preallocated cache whose active rows are kept contiguous (slots 0..B-1), and a sampler that does
-temperature, top-k, top-p and seeded sampling for the whole batch at once.
+with the fewest possible torch calls: fused QKV and gate/up projections, rotary embedding of queries and
+keys in one call, a preallocated cache whose active rows are kept contiguous (slots 0..B-1), prompts
+prefilled together as padded batches (one SDPA call per layer for many prompts), and a sampler that
+does temperature, top-k, top-p and seeded sampling for the whole batch at once.
 
 Sampling is seeded per sequence and per position (Gumbel-max with counter-based noise), so a
 sequence's tokens do not depend on which other sequences share its batch, on pauses, or on being
@@ -13,7 +14,7 @@ continued later from a partial.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,7 +44,8 @@ class Arch:
     rope_cos: torch.Tensor
     """cos of every position, (max_positions, head_dim), attention scaling applied."""
     rope_sin: torch.Tensor
-    """sin of every position, like ``rope_cos``."""
+    """sin of every position, like ``rope_cos``, its first half negated: ``rotate_half(x) * sin`` becomes
+    ``swap_halves(x) * rope_sin`` (bit-identical, one op fewer)."""
 
     def tensor_shapes(self) -> dict[str, tuple[int, ...]]:
         """The state-dict names and shapes a weight version must provide (biases optional)."""
@@ -98,7 +100,7 @@ def read_arch(model: torch.nn.Module) -> Arch:
         max_positions=max_positions,
         tied_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
         rope_cos=(emb.cos() * scaling).contiguous(),
-        rope_sin=(emb.sin() * scaling).contiguous(),
+        rope_sin=_negate_first_half(emb.sin() * scaling).contiguous(),
     )
 
 
@@ -170,10 +172,16 @@ def _rms(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
     return w * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
 
 
-def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+def _negate_first_half(x: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rotated * sin
+    return torch.cat((-x[..., :half], x[..., half:]), dim=-1)
+
+
+def _rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """``x * cos + rotate_half(x) * sin`` with ``signed_sin`` from ``Arch.rope_sin``."""
+    half = x.shape[-1] // 2
+    swapped = torch.cat((x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + swapped * signed_sin
 
 
 class KVCache:
@@ -195,6 +203,10 @@ class KVCache:
             v[dst, :, :length] = v[src, :, :length]
 
 
+PREFILL_CHUNK_TOKENS = 4096
+"""Most padded tokens one batched prefill runs (bounds its activations)."""
+
+
 class Decoder:
     """Prefill and batched decode steps of one architecture over one ``KVCache``."""
 
@@ -206,28 +218,50 @@ class Decoder:
         self._kv = arch.num_kv_heads * arch.head_dim
         self._group = arch.num_heads // arch.num_kv_heads
         self._scale = arch.head_dim**-0.5
+        self._columns = torch.arange(cache.max_tokens)
 
-    @torch.inference_mode()
     def prefill(self, w: Weights, token_ids: list[int], slot: int) -> None:
         """Write the keys and values of ``token_ids`` (positions 0..T-1) into ``slot``."""
+        self.prefill_many(w, [token_ids], [slot])
+
+    @torch.inference_mode()
+    def prefill_many(self, w: Weights, contexts: Sequence[Sequence[int]], slots: Sequence[int]) -> None:
+        """Prefill ``contexts[i]`` into ``slots[i]``; contexts of similar length run as one padded batch.
+
+        Rows are right-padded: under the causal mask a real position never sees a pad, and the pads'
+        keys land beyond the row's length, where decode steps overwrite them before they become visible.
+        """
+        rows = sorted((len(c), slot, c) for c, slot in zip(contexts, slots, strict=True) if c)
+        chunk: list[tuple[int, int, Sequence[int]]] = []
+        for row in rows:
+            # Sorted by length, so the new row is the longest: it sets the padded width.
+            if chunk and (row[0] * (len(chunk) + 1) > PREFILL_CHUNK_TOKENS or row[0] > 2 * chunk[0][0] + 16):
+                self._prefill_rows(w, chunk)
+                chunk = []
+            chunk.append(row)
+        if chunk:
+            self._prefill_rows(w, chunk)
+
+    def _prefill_rows(self, w: Weights, rows: list[tuple[int, int, Sequence[int]]]) -> None:
         a = self.arch
-        t = len(token_ids)
-        if t == 0:
-            return
-        x = w.embed[torch.tensor(token_ids)]
+        b, t = len(rows), rows[-1][0]
+        ids = torch.zeros(b, t, dtype=torch.int64)
+        for r, (n, _, context) in enumerate(rows):
+            ids[r, :n] = torch.as_tensor(context, dtype=torch.int64)
+        slots = torch.tensor([slot for _, slot, _ in rows])
+        x = w.embed[ids]
         cos, sin = a.rope_cos[:t], a.rope_sin[:t]
+        num_qk_heads = a.num_heads + a.num_kv_heads
         for i, lw in enumerate(w.layers):
             h = _rms(x, lw.ln1, a.rms_eps)
             qkv = F.linear(h, lw.wqkv, lw.bqkv)
-            q = qkv[:, : self._q].view(t, a.num_heads, a.head_dim).transpose(0, 1)
-            k = qkv[:, self._q : self._q + self._kv].view(t, a.num_kv_heads, a.head_dim).transpose(0, 1)
-            v = qkv[:, self._q + self._kv :].view(t, a.num_kv_heads, a.head_dim).transpose(0, 1)
-            q = _rope(q, cos, sin)
-            k = _rope(k, cos, sin)
-            self.cache.keys[i][slot, :, :t] = k
-            self.cache.values[i][slot, :, :t] = v
-            out = F.scaled_dot_product_attention(q[None], k[None], v[None], is_causal=True, enable_gqa=self._gqa)
-            x = x + F.linear(out[0].transpose(0, 1).reshape(t, self._q), lw.wo)
+            qk = _rope(qkv[..., : self._q + self._kv].view(b, t, num_qk_heads, a.head_dim).transpose(1, 2), cos, sin)
+            q, k = qk[:, : a.num_heads], qk[:, a.num_heads :]
+            v = qkv[..., self._q + self._kv :].view(b, t, a.num_kv_heads, a.head_dim).transpose(1, 2)
+            self.cache.keys[i][slots, :, :t] = k
+            self.cache.values[i][slots, :, :t] = v
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self._gqa)
+            x = x + F.linear(out.transpose(1, 2).reshape(b, t, self._q), lw.wo)
             h = _rms(x, lw.ln2, a.rms_eps)
             gate, up = F.linear(h, lw.w_gate_up).chunk(2, dim=-1)
             x = x + F.linear(F.silu(gate) * up, lw.w_down)
@@ -241,29 +275,34 @@ class Decoder:
         x = w.embed[tokens]
         cos = a.rope_cos[positions][:, None, :]
         sin = a.rope_sin[positions][:, None, :]
-        visible = torch.arange(max_len)[None, :] <= positions[:, None]
-        bias = torch.zeros(visible.shape).masked_fill_(~visible, float("-inf"))[:, None, None, :]
+        # One query per sequence and head: batched matmuls over (sequence, KV head) beat SDPA's kernels at
+        # this size; query heads grouped per KV head avoid repeating the cache for GQA. The mask enters as
+        # the addend of the score matmul (baddbmm), built once per step for every layer.
+        hidden = self._columns[None, :max_len] > positions[:, None]
+        bias = torch.zeros(b, a.num_kv_heads, self._group, max_len)
+        bias.masked_fill_(hidden[:, None, None, :], float("-inf"))
+        bias = bias.view(b * a.num_kv_heads, self._group, max_len)
+        num_qk_heads = a.num_heads + a.num_kv_heads
+        shape = (a.hidden_size,)
         for i, lw in enumerate(w.layers):
-            h = _rms(x, lw.ln1, a.rms_eps)
+            h = F.rms_norm(x, shape, lw.ln1, a.rms_eps)
             qkv = F.linear(h, lw.wqkv, lw.bqkv)
-            q = _rope(qkv[:, : self._q].view(b, a.num_heads, a.head_dim), cos, sin)
-            k = _rope(qkv[:, self._q : self._q + self._kv].view(b, a.num_kv_heads, a.head_dim), cos, sin)
+            qk = _rope(qkv[:, : self._q + self._kv].view(b, num_qk_heads, a.head_dim), cos, sin)
+            k = qk[:, a.num_heads :]
             v = qkv[:, self._q + self._kv :].view(b, a.num_kv_heads, a.head_dim)
             keys, values = self.cache.keys[i], self.cache.values[i]
             keys[rows, :, positions] = k
             values[rows, :, positions] = v
-            # One query per sequence: plain batched matmuls beat SDPA's kernels at this size, and
-            # grouping query heads per KV head avoids repeating the cache for GQA.
-            scores = torch.matmul(
-                q.view(b, a.num_kv_heads, self._group, a.head_dim), keys[:b, :, :max_len].transpose(2, 3)
-            )
-            probs = torch.softmax(scores * self._scale + bias, dim=-1)
-            out = torch.matmul(probs, values[:b, :, :max_len])
-            x = x + F.linear(out.reshape(b, self._q), lw.wo)
-            h = _rms(x, lw.ln2, a.rms_eps)
+            q = qk[:, : a.num_heads].reshape(b * a.num_kv_heads, self._group, a.head_dim)
+            cached_keys = keys[:b, :, :max_len].reshape(b * a.num_kv_heads, max_len, a.head_dim)
+            scores = torch.baddbmm(bias, q, cached_keys.transpose(1, 2), alpha=self._scale)
+            probs = torch.softmax(scores, dim=-1)
+            out = torch.bmm(probs, values[:b, :, :max_len].reshape(b * a.num_kv_heads, max_len, a.head_dim))
+            x = torch.addmm(x, out.view(b, self._q), lw.wo.t())
+            h = F.rms_norm(x, shape, lw.ln2, a.rms_eps)
             gate, up = F.linear(h, lw.w_gate_up).chunk(2, dim=-1)
-            x = x + F.linear(F.silu(gate) * up, lw.w_down)
-        return F.linear(_rms(x, w.norm, a.rms_eps), w.lm_head)
+            x = torch.addmm(x, F.silu(gate) * up, lw.w_down.t())
+        return F.linear(F.rms_norm(x, shape, w.norm, a.rms_eps), w.lm_head)
 
 
 def _mix32(x: torch.Tensor) -> torch.Tensor:
@@ -275,11 +314,21 @@ def _mix32(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
+def _mix32_int(x: int) -> int:
+    """``_mix32`` on a Python int (the same low 32 bits), for keys computed once per sequence."""
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & _MASK32
+    x ^= x >> 15
+    x = (x * 0x2C1B3C6D) & _MASK32
+    return x ^ (x >> 16)
+
+
 def seed_key(seed: int, sample_index: int) -> int:
     """The 32-bit noise key of sample ``sample_index`` of a request seeded with ``seed``."""
-    parts = torch.tensor([seed & _MASK32, (seed >> 32) & _MASK32, sample_index & _MASK32], dtype=torch.int64)
-    mixed = _mix32(parts + torch.tensor([0x3C6EF372, 0x1B873593, 0x5BD1E995]))
-    return int(_mix32(mixed[0] ^ _mix32(mixed[1] ^ _mix32(mixed[2]))))
+    a = _mix32_int((seed & _MASK32) + 0x3C6EF372)
+    b = _mix32_int(((seed >> 32) & _MASK32) + 0x1B873593)
+    c = _mix32_int((sample_index & _MASK32) + 0x5BD1E995)
+    return _mix32_int(a ^ _mix32_int(b ^ _mix32_int(c)))
 
 
 @dataclass

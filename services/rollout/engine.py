@@ -165,6 +165,16 @@ class _Seq:
 
 
 @dataclass
+class _StepInputs:
+    """The decode inputs of the active batch, carried from step to step while its membership holds."""
+
+    tokens: torch.Tensor
+    positions: torch.Tensor
+    max_len: int
+    sampler: SamplerBatch
+
+
+@dataclass
 class EngineStats:
     """A snapshot of the engine for Stats."""
 
@@ -217,6 +227,7 @@ class Engine:
         self._wake = threading.Event()
         self._waiting: collections.deque[_Seq] = collections.deque()
         self._active: list[_Seq] = []
+        self._batch: _StepInputs | None = None
         self._ids = itertools.count(1)
         self._paused = False
         self._closed = False
@@ -409,47 +420,78 @@ class Engine:
         return len(self._take(ids))
 
     def _compact(self, keep: list[_Seq]) -> None:
-        """Make ``keep`` the active list, moving caches so that sequence i sits in slot i."""
-        slot_of = {s.id: i for i, s in enumerate(self._active)}
-        for i, s in enumerate(keep):
-            self.cache.copy_slot(slot_of[s.id], i, s.cache_len)
-        self._active = keep
+        """Make ``keep`` the active sequences in slots 0..len(keep)-1.
+
+        Rows beyond the new length move into the holes below it, so a step in which a few sequences
+        finish copies only as many caches as finished, not every row after them.
+        """
+        kept = {s.id for s in keep}
+        n = len(keep)
+        active = self._active[:n]
+        holes = [i for i, s in enumerate(active) if s.id not in kept]
+        movers = [(slot, s) for slot, s in enumerate(self._active[n:], start=n) if s.id in kept]
+        for hole, (slot, s) in zip(holes, movers, strict=True):
+            self.cache.copy_slot(slot, hole, s.cache_len)
+            active[hole] = s
+        self._active = active
+        self._batch = None
 
     def _admit(self) -> None:
-        prefilled: dict[tuple[int, ...], int] = {}
+        """Move waiting sequences into free slots, prefilling all new contexts in one batched call."""
+        if not self._waiting or len(self._active) >= self.max_batch_size:
+            return
+        first_slot: dict[tuple[int, ...], int] = {}
+        contexts: list[list[int]] = []
+        slots: list[int] = []
+        shared: list[tuple[int, int, int]] = []
         while self._waiting and len(self._active) < self.max_batch_size:
             s = self._waiting.popleft()
             slot = len(self._active)
             context = s.all_tokens()[:-1]
             key = tuple(context)
-            if key in prefilled:
-                self.cache.copy_slot(prefilled[key], slot, len(context))
+            if key in first_slot:
+                shared.append((first_slot[key], slot, len(context)))
             else:
-                self.decoder.prefill(self._weights, context, slot)
-                prefilled[key] = slot
+                first_slot[key] = slot
+                contexts.append(context)
+                slots.append(slot)
             s.cache_len = len(context)
             self._active.append(s)
+        self.decoder.prefill_many(self._weights, contexts, slots)
+        for src, dst, length in shared:  # the n samples of one prompt share its prefill
+            self.cache.copy_slot(src, dst, length)
+        self._batch = None
+
+    def _step_inputs(self) -> _StepInputs:
+        """Tensors of the active batch, rebuilt only when its membership changed."""
+        if self._batch is None:
+            active = self._active
+            params = [s.req.params for s in active]
+            top_p = [p.top_p if p.top_p < 1 else 2.0 for p in params]
+            self._batch = _StepInputs(
+                tokens=torch.tensor([s.completion[-1] if s.completion else s.req.prompt_ids[-1] for s in active]),
+                positions=torch.tensor([s.cache_len for s in active]),
+                max_len=max(s.cache_len for s in active) + 1,
+                sampler=SamplerBatch(
+                    temperature=torch.tensor([p.temperature for p in params]),
+                    top_k=torch.tensor([p.top_k for p in params], dtype=torch.int64),
+                    top_p=torch.tensor(top_p),
+                    keys=torch.tensor([s.key for s in active], dtype=torch.int64),
+                    counters=torch.tensor([len(s.completion) for s in active], dtype=torch.int64),
+                    any_top_k=any(p.top_k > 0 for p in params),
+                    any_top_p=any(p < 1 for p in top_p),
+                    all_greedy=all(p.temperature <= 0 for p in params),
+                ),
+            )
+        return self._batch
 
     def _decode_step(self) -> list[Event]:
         start = time.perf_counter()
         active = self._active
         b = len(active)
-        tokens = torch.tensor([s.completion[-1] if s.completion else s.req.prompt_ids[-1] for s in active])
-        positions = torch.tensor([s.cache_len for s in active])
-        max_len = int(positions.max()) + 1
-        logits = self.decoder.step(self._weights, tokens, positions, max_len)
-        params = [s.req.params for s in active]
-        top_p = [p.top_p if p.top_p < 1 else 2.0 for p in params]
-        batch = SamplerBatch(
-            temperature=torch.tensor([p.temperature for p in params]),
-            top_k=torch.tensor([p.top_k for p in params], dtype=torch.int64),
-            top_p=torch.tensor(top_p),
-            keys=torch.tensor([s.key for s in active], dtype=torch.int64),
-            counters=torch.tensor([len(s.completion) for s in active], dtype=torch.int64),
-            any_top_k=any(p.top_k > 0 for p in params),
-            any_top_p=any(p < 1 for p in top_p),
-            all_greedy=all(p.temperature <= 0 for p in params),
-        )
+        inputs = self._step_inputs()
+        logits = self.decoder.step(self._weights, inputs.tokens, inputs.positions, inputs.max_len)
+        batch = inputs.sampler
         new_tokens, new_logprobs = sample(logits, batch)
         version = self.version
         events: list[Event] = []
@@ -488,6 +530,12 @@ class Engine:
             if reason:
                 finished.add(s.id)
                 events.append(s.event("finished", self.tokenizer, reason))
+        # The next step feeds the sampled tokens one position further: advance the tensors in place
+        # of rebuilding them from the sequences.
+        inputs.tokens = new_tokens
+        inputs.positions = inputs.positions + 1
+        inputs.max_len += 1
+        batch.counters = batch.counters + 1
         if finished:
             self._compact([s for s in active if s.id not in finished])
             self.num_samples_finished += len(finished)

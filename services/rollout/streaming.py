@@ -8,6 +8,11 @@ more than ``eta`` versions behind the served version is preempted and restarted 
 group stays complete). Partials taken out of the engine (``partials``) are continued from their
 tokens by a prefill, which at temperature 0 and unchanged weights gives the uninterrupted tokens.
 Finished samples are verified and pushed while the next round decodes.
+
+Each round runs inside one OpenTelemetry span, ``rollout.round`` (the root of its own trace, linked
+to the span that started the rollout): its NextPrompts and PutSamples calls carry it to the data
+plane, and every sample it pushes carries it as ``metadata["traceparent"]`` (W3C), on which the
+trainer parents the step that consumes the sample. The span ends when the round's push has.
 """
 
 from __future__ import annotations
@@ -21,12 +26,19 @@ import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import Link, Span
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
 from services.common.errors import ResourceExhausted
 from services.rollout.engine import Event, Partial, SamplingParams, SequenceRequest
 from services.rollout.generation import Call, Generation
 from services.rollout.verifiers import Verifiers
 
 logger = logging.getLogger(__name__)
+tracer = trace.get_tracer("seedstack.rollout")
+_PROPAGATOR = TraceContextTextMapPropagator()
 
 
 @dataclass(frozen=True)
@@ -88,6 +100,13 @@ NextPrompts = Callable[[int], Awaitable[tuple[list[PromptItem], int]]]
 PutSamples = Callable[[list[ScoredSample]], Awaitable[None]]
 
 
+def traceparent(span: Span) -> str:
+    """The W3C ``traceparent`` of ``span``; empty when tracing is off (a non-recording, invalid span)."""
+    carrier: dict[str, str] = {}
+    _PROPAGATOR.inject(carrier, context=trace.set_span_in_context(span))
+    return carrier.get("traceparent", "")
+
+
 def sample_seed(base_seed: int, group_id: str) -> int:
     """The noise seed of a group's samples, the same each time a partial of it is continued."""
     return (base_seed * 1_000_003 + zlib.crc32(group_id.encode())) & 0xFFFFFFFFFFFFFFFF
@@ -125,6 +144,9 @@ class RolloutWorker:
         self._call: Call | None = None
         self._first_version: dict[int, int] = {}
         self.last_error = ""
+        origin = trace.get_current_span().get_span_context()
+        self._links = [Link(origin)] if origin.is_valid else []
+        """Rounds are traces of their own, linked to the span that started the rollout."""
 
     async def run(self, num_rounds: int | None = None) -> None:
         """Run rounds (forever when ``num_rounds`` is None); pushes of the last round are awaited."""
@@ -160,11 +182,29 @@ class RolloutWorker:
 
         The unfinished rest keeps decoding (its KV cache kept, no recomputation) and belongs to the
         next round, under whatever version is served by then; one whose oldest token is more than
-        eta versions behind is preempted and restarted from its prompt.
+        eta versions behind is preempted and restarted from its prompt. The round runs inside its
+        span, which its push ends.
         """
         engine = self.generation.engine
         while engine.version == 0:  # noqa: ASYNC110 - samples carry versions >= 1: wait for the hub's first
             await asyncio.sleep(0.1)
+        span = tracer.start_span(
+            "rollout.round",
+            context=otel_context.Context(),
+            links=self._links,
+            attributes={"rollout.round": self.counters.num_rounds, "rollout.served_version": engine.version},
+        )
+        pushing = False
+        try:
+            with trace.use_span(span, end_on_exit=False):
+                pushing = await self._round(span)
+        finally:
+            if not pushing:
+                span.end()
+
+    async def _round(self, span: Span) -> bool:
+        """The body of ``run_round``; True when a push was started (it ends ``span``)."""
+        engine = self.generation.engine
         if self._call is None:
             self._call = self.generation.call()
         call = self._call
@@ -179,7 +219,7 @@ class RolloutWorker:
                 self.counters.num_partials_restarted += 1
                 requests.append(self._request(event.tag, event.sample_index, None))
         for pending in self.partials:  # preempted earlier (e.g. by a pause of the loop): continue them
-            oldest = min((span[2] for span in pending.partial.spans), default=served)
+            oldest = min((s[2] for s in pending.partial.spans), default=served)
             restart = served - oldest > self.settings.max_staleness_versions
             self.counters.num_partials_restarted += restart
             requests.append(self._request(pending.prompt, pending.sample_index, None if restart else pending.partial))
@@ -189,10 +229,10 @@ class RolloutWorker:
         for prompt in prompts:
             requests += [self._request(prompt, i, None) for i in range(self.group_size)]
         if not requests and not carried:
-            return
+            return False
         for seq_id, request in zip(call.submit(requests), requests, strict=True):
             prior = request.prior
-            self._first_version[seq_id] = min((span[2] for span in prior.spans), default=served) if prior else served
+            self._first_version[seq_id] = min((s[2] for s in prior.spans), default=served) if prior else served
         need = max(1, math.ceil(self.settings.completion_ratio * (len(requests) + carried)))
         finished: list[Event] = []
         while len(finished) < need and call.running:
@@ -202,9 +242,18 @@ class RolloutWorker:
                 finished.append(event)
         self.counters.num_rounds += 1
         self.counters.round_s.append(time.perf_counter() - started)
-        task = asyncio.create_task(self._verify_and_push(finished))
+        span.set_attributes(
+            {
+                "rollout.num_prompts": len(prompts),
+                "rollout.num_carried": carried,
+                "rollout.num_finished": len(finished),
+            }
+        )
+        # Created inside the round's span, the task keeps it as its context: PutSamples joins it.
+        task = asyncio.create_task(self._verify_and_push(finished, span))
         self._pushes.add(task)
         task.add_done_callback(self._pushes.discard)
+        return True
 
     async def _draw(self) -> list[PromptItem]:
         want = self.settings.num_prompts_per_round
@@ -236,16 +285,24 @@ class RolloutWorker:
             prior=prior,
         )
 
-    async def _verify_and_push(self, finished: list[Event]) -> None:
-        if not finished:
-            return
+    async def _verify_and_push(self, finished: list[Event], span: Span) -> None:
         try:
+            if not finished:
+                return
             samples = await asyncio.gather(*(self._score(e) for e in finished))
+            parent = traceparent(span)
+            if parent:
+                for sample in samples:
+                    sample.metadata["traceparent"] = parent
             await self._put_samples(list(samples))
             self.counters.num_samples_pushed += len(samples)
         except Exception as exc:
             self.last_error = f"{type(exc).__name__}: {exc}"
+            span.record_exception(exc)
+            span.set_status(trace.Status(trace.StatusCode.ERROR, self.last_error))
             logger.exception("pushing %d samples failed", len(finished))
+        finally:
+            span.end()
 
     async def _score(self, event: Event) -> ScoredSample:
         prompt: PromptItem = event.tag

@@ -290,7 +290,6 @@ _report(phase="done", passed=_passed, total=_total, first_failure=_first)
 """
 
 
-
 def extract_code(answer: str) -> str:
     """The last fenced code block of ``answer``, or the whole answer when it has none."""
     blocks = re.findall(r"```(?:python|py)?[ \t]*\n(.*?)```", answer, flags=re.DOTALL)

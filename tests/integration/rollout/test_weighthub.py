@@ -4,10 +4,16 @@ rejected and reported, and the worker loop pushes scored samples to the real dat
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 import pytest
 import torch
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
 from seedstack.common.v1 import common_pb2
 from seedstack.dataplane.v1 import dataplane_pb2 as dp
 from seedstack.rollout.v1 import rollout_pb2 as pb
@@ -171,3 +177,61 @@ async def test_worker_loop_pulls_prompts_and_pushes_scored_samples(
     assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION
     await stack.rollout.stop_rollout(pb.StopRolloutRequest(request_id="stop-1"))
     assert not (await stack.rollout.stats(pb.StatsRequest())).rollout_running
+
+
+async def traced_rollout(stack: Stack, publisher: weighthub_client.Publisher) -> tuple[set[tuple[int, int]], Any]:
+    """Run the worker loop for one batch with an in-memory span exporter; (trace id, span id) of the
+    samples' ``traceparent`` values, and the exporter."""
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):  # OpenTelemetry allows one provider per process
+        provider = TracerProvider()
+        trace.set_tracer_provider(provider)
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    plan_id = (await stack.dataplane.submit_plan(dp.SubmitPlanRequest(request_id="rl", mixture_yaml=RL_SPEC))).plan_id
+    await publisher.publish(1, version_tensors(0.5))
+    await assert_eventually(lambda: served(stack, 1), timeout_s=60)
+    await stack.rollout.start_rollout(
+        pb.StartRolloutRequest(
+            request_id="start-trace",
+            dataplane_plan_id=plan_id,
+            sampling=pb.SamplingParams(temperature=1.0, max_new_tokens=8),
+            num_prompts_per_round=2,
+            completion_ratio=1.0,
+        )
+    )
+    batch = await stack.dataplane.next_batch(
+        dp.NextBatchRequest(plan_id=plan_id, rank=0, step=0, policy_version=1), timeout_s=60
+    )
+    await stack.rollout.stop_rollout(pb.StopRolloutRequest(request_id="stop-trace"))
+    assert len(batch.samples) == 8
+    parents = set()
+    for s in batch.samples:
+        version, trace_id, span_id, flags = s.metadata["traceparent"].split("-")
+        assert version == "00" and len(trace_id) == 32 and len(span_id) == 16 and int(flags, 16) & 1
+        parents.add((int(trace_id, 16), int(span_id, 16)))
+    return parents, exporter
+
+
+def joined(exporter: Any, parents: set[tuple[int, int]], methods: set[str]) -> bool:
+    """Whether each parent is a finished ``rollout.round`` span whose trace holds SERVER spans of ``methods``."""
+    spans = exporter.get_finished_spans()
+    for trace_id, span_id in parents:
+        in_trace = [x for x in spans if x.context.trace_id == trace_id]
+        names = {x.name.rsplit("/", 1)[-1] for x in in_trace if x.kind == SpanKind.SERVER}
+        rounds = [x for x in in_trace if x.name == "rollout.round" and x.context.span_id == span_id]
+        if not (rounds and methods <= names):
+            return False
+    return True
+
+
+async def test_samples_carry_the_round_span_that_the_data_plane_joins(
+    following: Stack, publisher: weighthub_client.Publisher
+) -> None:
+    parents, exporter = await traced_rollout(following, publisher)
+    await assert_eventually(lambda: joined(exporter, parents, {"NextPrompts"}), timeout_s=30)
+
+
+async def test_put_samples_joins_the_round_span(following: Stack, publisher: weighthub_client.Publisher) -> None:
+    parents, exporter = await traced_rollout(following, publisher)
+    await assert_eventually(lambda: joined(exporter, parents, {"PutSamples"}), timeout_s=10)

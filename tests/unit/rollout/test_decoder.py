@@ -35,6 +35,23 @@ def test_prefill_and_decode_match_hf_logits(model: torch.nn.Module) -> None:
             torch.testing.assert_close(logits[row], ref, atol=1e-4, rtol=1e-4)
 
 
+def test_prompts_prefilled_together_match_hf_logits(model: torch.nn.Module) -> None:
+    arch = read_arch(model)
+    w = prepare_weights(arch, model.state_dict())
+    dec = Decoder(arch, KVCache(arch, 6, 128))
+    # Padded batches of similar lengths; the long one runs in a batch of its own.
+    prompts = [list(b"Compute 3 + 4."), list(b"Hi"), list(b"x"), list(b"A longer prompt, here." * 3), list(b"Hey")]
+    slots = [4, 0, 3, 1, 2]
+    dec.prefill_many(w, [p[:-1] for p in prompts], slots)
+    order = sorted(range(len(prompts)), key=lambda i: slots[i])
+    positions = torch.tensor([len(prompts[i]) - 1 for i in order])
+    logits = dec.step(w, torch.tensor([prompts[i][-1] for i in order]), positions, int(positions.max()) + 1)
+    with torch.no_grad():
+        for row, i in enumerate(order):
+            ref = model(torch.tensor([prompts[i]])).logits[0, -1]
+            torch.testing.assert_close(logits[row], ref, atol=1e-4, rtol=1e-4)
+
+
 def test_grouped_query_attention_matches_hf() -> None:
     config = {
         "hidden_size": 64,

@@ -8,6 +8,10 @@ import itertools
 
 import pytest
 import torch
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from services.rollout.decoder import Arch, Weights, prepare_weights
 from services.rollout.engine import Engine, SamplingParams
@@ -156,3 +160,51 @@ async def test_preempted_partials_continue_from_their_tokens(generation: Generat
     await drain(w)
     tokens = lambda feed: {(s.prompt.group_id, s.sample_index): s.completion_ids for s in feed.pushed}  # noqa: E731
     assert tokens(feed) == tokens(whole_feed)
+
+
+class TracedFeed(Feed):
+    """A feed that records the span each NextPrompts and PutSamples call ran in."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.draw_spans: list[trace.SpanContext] = []
+        self.push_spans: list[trace.SpanContext] = []
+
+    async def next_prompts(self, num: int) -> tuple[list[PromptItem], int]:
+        self.draw_spans.append(trace.get_current_span().get_span_context())
+        return await super().next_prompts(num)
+
+    async def put_samples(self, samples: list[ScoredSample]) -> None:
+        self.push_spans.append(trace.get_current_span().get_span_context())
+        await super().put_samples(samples)
+
+
+def tracing() -> InMemorySpanExporter:
+    """An in-memory exporter on the process's tracer provider (OpenTelemetry allows one provider per process)."""
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        provider = TracerProvider()
+        trace.set_tracer_provider(provider)
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return exporter
+
+
+async def test_each_round_is_one_span_that_its_calls_and_samples_carry(generation: Generation) -> None:
+    exporter = tracing()
+    feed = TracedFeed()
+    w = worker(generation, feed, alpha=1.0, prompts=2, params=SamplingParams(temperature=1.0, max_new_tokens=8))
+    await w.run(num_rounds=2)
+    rounds = [s for s in exporter.get_finished_spans() if s.name == "rollout.round"]
+    assert len(rounds) == 2 and len({r.context.trace_id for r in rounds}) == 2
+    by_span = {r.context.span_id: r for r in rounds}
+    # Both peer calls of a round ran inside its span, so the data plane's server spans join its trace.
+    assert [c.span_id for c in feed.draw_spans] == [c.span_id for c in feed.push_spans]
+    assert {c.span_id for c in feed.draw_spans} == set(by_span)
+    assert len(feed.pushed) == 16
+    for sample in feed.pushed:
+        version, trace_id, span_id, flags = sample.metadata["traceparent"].split("-")
+        assert version == "00" and len(trace_id) == 32 and len(span_id) == 16 and int(flags, 16) & 1  # sampled
+        parent = by_span[int(span_id, 16)]
+        assert int(trace_id, 16) == parent.context.trace_id
+        assert parent.attributes is not None and parent.attributes["rollout.num_finished"] == 8
