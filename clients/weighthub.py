@@ -35,6 +35,7 @@ from services.common.transport import (
     TransferError,
     TransferTimeout,
     UnknownTensor,
+    compute_meta,
 )
 from services.weighthub.versions import root_hash
 
@@ -303,6 +304,30 @@ def _topology(host: str, rack: str, datacenter: str) -> common_pb2.TopologyLabel
     return common_pb2.TopologyLabels(host=host or socket.gethostname(), rack=rack, datacenter=datacenter)
 
 
+async def copy_and_hash(
+    tensors: Mapping[str, torch.Tensor],
+    buffers: Mapping[str, torch.Tensor],
+    names: Mapping[str, str],
+    *,
+    chunk_size_bytes: int = DEFAULT_CHUNK_SIZE_BYTES,
+) -> list[TensorMeta]:
+    """Copy each of ``tensors`` into its buffer and chunk-hash it (tensor-plane metadata under
+    ``names[name]``, in the order of ``tensors``): a few tensors at a time in worker threads (the
+    copy and the hash release the GIL; each tensor is hashed right after its copy)."""
+    limit = asyncio.Semaphore(max(1, min(4, os.cpu_count() or 1)))
+
+    def fill_one(name: str) -> TensorMeta:
+        buffer = buffers[name]
+        buffer.copy_(tensors[name].detach().reshape(buffer.shape))
+        return compute_meta(names[name], buffer, chunk_size_bytes=chunk_size_bytes)
+
+    async def one(name: str) -> TensorMeta:
+        async with limit:
+            return await asyncio.to_thread(fill_one, name)
+
+    return list(await asyncio.gather(*(one(name) for name in tensors)))
+
+
 @dataclass
 class _Slot:
     """One set of publisher buffers and the version in them."""
@@ -357,6 +382,9 @@ class Publisher:
         self._commit_timeout_s = commit_timeout_s
         self._slots: list[_Slot] = []
         self._lock = asyncio.Lock()
+        self._chunk_size_bytes = chunk_size_bytes
+        self._latest_seen = 0
+        """The newest committed version of the model this publisher knows of."""
         self._membership = _Membership(
             hub,
             holder_id=holder_id,
@@ -411,41 +439,57 @@ class Publisher:
         if not tensors:
             raise ValueError("publish needs at least one tensor")
         async with self._lock:
-            latest = await self._latest()
-            if version <= latest:
+            # The hub refuses a version not above the committed one too; asking first (once, then
+            # from what this publisher committed) keeps the buffers of the versions served intact.
+            if not self._latest_seen:
+                self._latest_seen = await self._latest()
+            if version <= self._latest_seen:
                 raise ValueError(
-                    f"version {version} of {self.model!r} is not above the latest committed version {latest}"
+                    f"version {version} of {self.model!r} is not above the latest committed version {self._latest_seen}"
                 )
-            slot = await self._take_slot(tensors)
+            slot, withdrawn = await self._take_slot(tensors)
             holder = self._membership.holder
             names = list(tensors)
-            metas = []
-            for name in names:
-                buffer = slot.buffers[name]
-                buffer.copy_(tensors[name].detach().reshape(buffer.shape))
-                ref = await holder.register(tensor_plane_name(self.model, version, name), buffer)
-                metas.append(ref.meta)
+            try:
+                metas = await self._fill(slot, version, tensors)
+            finally:
+                if withdrawn is not None:
+                    await withdrawn
+            for name, meta in zip(names, metas, strict=True):
+                await holder.register(meta.name, slot.buffers[name], meta=meta)
             slot.version = version
             slot.manifest = _manifest_message(self.model, version, names, metas)
-            reply = await self._client.publish(
-                pb.PublishRequest(
-                    request_id=_request_id(),
-                    holder_id=self.holder_id,
-                    manifest=slot.manifest,
-                    shard_index=self.shard_index,
-                    num_shards=self.num_shards,
+            try:
+                reply = await self._client.publish(
+                    pb.PublishRequest(
+                        request_id=_request_id(),
+                        holder_id=self.holder_id,
+                        manifest=slot.manifest,
+                        shard_index=self.shard_index,
+                        num_shards=self.num_shards,
+                    )
                 )
-            )
+            except RPCError as exc:
+                if exc.code == grpc.StatusCode.FAILED_PRECONDITION and "not above" in str(exc):
+                    raise ValueError(str(exc)) from exc
+                raise
+            self._latest_seen = max(self._latest_seen, version)
         if not reply.committed:
             await self._wait_committed(version)
         return version
 
-    async def _take_slot(self, tensors: Mapping[str, torch.Tensor]) -> _Slot:
-        """Free buffers for the next version: a new set, or the oldest set once its readers are done."""
+    async def _fill(self, slot: _Slot, version: int, tensors: Mapping[str, torch.Tensor]) -> list[TensorMeta]:
+        names = {name: tensor_plane_name(self.model, version, name) for name in tensors}
+        return await copy_and_hash(tensors, slot.buffers, names, chunk_size_bytes=self._chunk_size_bytes)
+
+    async def _take_slot(self, tensors: Mapping[str, torch.Tensor]) -> tuple[_Slot, asyncio.Task[None] | None]:
+        """Free buffers for the next version: a new set, or the oldest set once its readers are done;
+        and the withdrawal of its version from the hub, still under way."""
         slot: _Slot | None = None
+        withdrawn: asyncio.Task[None] | None = None
         if len(self._slots) >= self._num_buffers:
             slot = min(self._slots, key=lambda s: s.version)
-            await self._withdraw(slot)
+            withdrawn = await self._withdraw(slot)
             layout = {n: (t.dtype, tuple(t.shape)) for n, t in slot.buffers.items()}
             if layout != {n: (t.dtype, tuple(t.shape)) for n, t in tensors.items()}:
                 self._slots.remove(slot)
@@ -456,28 +500,39 @@ class Publisher:
                 buffers={n: holder.allocate(tuple(t.shape), t.dtype, label=self.holder_id) for n, t in tensors.items()}
             )
             self._slots.append(slot)
-        return slot
+        return slot, withdrawn
 
-    async def _withdraw(self, slot: _Slot) -> None:
-        """Stop serving the slot's version: no new plans name it, reads in flight finish first."""
+    async def _withdraw(self, slot: _Slot) -> asyncio.Task[None] | None:
+        """Stop serving the slot's version: reads in flight finish first (a read planned meanwhile is
+        refused and re-planned elsewhere), and the hub is told (returned: the task telling it)."""
         if not slot.version:
-            return
+            return None
         assert self._client is not None
-        with contextlib.suppress(RPCError):
-            await self._client.report_held(
-                pb.ReportHeldRequest(
-                    request_id=_request_id(),
-                    holder_id=self.holder_id,
-                    model=self.model,
-                    version=slot.version,
-                    held=False,
+        client, version = self._client, slot.version
+
+        async def tell_hub() -> None:
+            with contextlib.suppress(RPCError):
+                await client.report_held(
+                    pb.ReportHeldRequest(
+                        request_id=_request_id(),
+                        holder_id=self.holder_id,
+                        model=self.model,
+                        version=version,
+                        held=False,
+                    )
                 )
+
+        told = asyncio.create_task(tell_hub())
+        try:
+            await self._membership.holder.unregister_many(
+                [tensor_plane_name(self.model, version, n) for n in slot.buffers]
             )
-        for name in slot.buffers:
-            with contextlib.suppress(UnknownTensor):
-                await self._membership.holder.unregister(tensor_plane_name(self.model, slot.version, name))
+        except BaseException:
+            await told
+            raise
         slot.version = 0
         slot.manifest = None
+        return told
 
     async def _wait_committed(self, version: int) -> None:
         deadline = time.monotonic() + self._commit_timeout_s
@@ -536,6 +591,8 @@ class FetchStats:
     """Bytes read per holder id."""
 
 
+_NUM_ANNOUNCED = 2
+"""Manifests of announced versions a reader keeps (the newest ones)."""
 _PLAN_RPC_MARGIN_S = 5.0
 """A plan request's deadline beyond the time the hub may hold it open."""
 
@@ -668,6 +725,8 @@ class Reader:
         )
         self._client: WeightHubClient | None = None
         self._reader: TensorReader | None = None
+        self._announced: dict[int, common_pb2.Manifest] = {}
+        """Manifests of the newest versions the watch announced (a fetch of one asks no GetManifest)."""
         self.last_fetch = FetchStats()
 
     @property
@@ -718,11 +777,15 @@ class Reader:
         while True:
             try:
                 async for reply in self._client.watch_versions(
-                    pb.WatchVersionsRequest(model=self.model, after_version=last)
+                    pb.WatchVersionsRequest(model=self.model, after_version=last, include_manifest=True)
                 ):
                     delay_s = 0.05
                     if reply.version_info.version > last:
                         last = reply.version_info.version
+                        if reply.manifest.version == last:
+                            self._announced[last] = reply.manifest
+                            for old in sorted(self._announced)[:-_NUM_ANNOUNCED]:
+                                del self._announced[old]
                         yield last
             except RPCError as exc:
                 if exc.code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
@@ -742,7 +805,12 @@ class Reader:
     async def _fetch(self, version: int, into: Mapping[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
         assert self._client is not None
         started = time.monotonic()
-        manifest = (await self._client.get_manifest(pb.GetManifestRequest(model=self.model, version=version))).manifest
+        announced = self._announced.get(version) if version else None
+        if announced is not None:
+            manifest = announced
+        else:
+            reply = await self._client.get_manifest(pb.GetManifestRequest(model=self.model, version=version))
+            manifest = reply.manifest
         version = int(manifest.version)
         if version in self._held and into is None:
             return dict(self._held[version].tensors)
@@ -754,6 +822,16 @@ class Reader:
         metas = _tensor_metas(manifest)
         stats = FetchStats(version=version)
         destinations, recycled = await self._destinations(manifest, into)
+        withdrawn: asyncio.Task[None] | None = None
+        if recycled is not None:
+            # The hub hears of it while this fetch goes on; the buffers are written only once no
+            # read of the recycled version is in flight.
+            withdrawn = asyncio.create_task(self._report_withdrawn(recycled))
+            try:
+                await self._unserve(recycled)
+            except BaseException:
+                await withdrawn
+                raise
         # The delta is against the newest version held; buffers recycled from another version get
         # the unchanged chunks copied from it locally.
         base = max(self._held) if self._held else None
@@ -783,6 +861,8 @@ class Reader:
             await progress.close()
         except BaseException:
             await progress.close()
+            if withdrawn is not None:
+                await withdrawn
             with contextlib.suppress(RPCError):
                 await self._client.report_held(
                     pb.ReportHeldRequest(
@@ -800,16 +880,20 @@ class Reader:
         if not early:
             for tensor in manifest.tensors:
                 await holder.register(metas[tensor.name].name, destinations[tensor.name], meta=metas[tensor.name])
-        await self._client.report_held(
-            pb.ReportHeldRequest(
-                request_id=_request_id(),
-                holder_id=self.holder_id,
-                model=self.model,
-                version=version,
-                held=True,
-                root_hash=manifest.root_hash,
+        try:
+            await self._client.report_held(
+                pb.ReportHeldRequest(
+                    request_id=_request_id(),
+                    holder_id=self.holder_id,
+                    model=self.model,
+                    version=version,
+                    held=True,
+                    root_hash=manifest.root_hash,
+                )
             )
-        )
+        finally:
+            if withdrawn is not None:
+                await withdrawn
         self._held[version] = _Held(manifest=manifest, tensors=dict(destinations), owned=into is None)
         while len(self._held) > self._keep_versions:
             await self._release(min(self._held))
@@ -820,7 +904,7 @@ class Reader:
     async def _destinations(
         self, manifest: common_pb2.Manifest, into: Mapping[str, torch.Tensor] | None
     ) -> tuple[dict[str, torch.Tensor], int | None]:
-        """Where each tensor lands, and the held version whose buffers those are (withdrawn, reused)."""
+        """Where each tensor lands, and the held version whose buffers those are (to withdraw first)."""
         if into is not None:
             missing = sorted({t.name for t in manifest.tensors} - set(into))
             if missing:
@@ -839,7 +923,6 @@ class Reader:
                     name in held.tensors and held.tensors[name].data_ptr() == dst.data_ptr()
                     for name, dst in destinations.items()
                 ):
-                    await self._withdraw(held_version)
                     return destinations, held_version
             return destinations, None
         layout = {t.name: (t.dtype, tuple(t.shape)) for t in manifest.tensors}
@@ -848,7 +931,6 @@ class Reader:
             held = self._held[oldest]
             held_layout = {n: (str(x.dtype).removeprefix("torch."), tuple(x.shape)) for n, x in held.tensors.items()}
             if held.owned and held_layout == layout:
-                await self._withdraw(oldest)
                 return dict(held.tensors), oldest
         holder = self._membership.holder
         return {
@@ -1048,20 +1130,26 @@ class Reader:
         return set(verified)
 
     async def _withdraw(self, version: int) -> None:
-        """Stop serving ``version``: withdraw it from the hub, then wait for reads in flight."""
+        """Stop serving ``version``: withdraw it from the hub and wait for reads in flight."""
+        await asyncio.gather(self._report_withdrawn(version), self._unserve(version))
+
+    async def _report_withdrawn(self, version: int) -> None:
+        """Tell the hub this reader no longer serves ``version`` (no new plans name it for it)."""
         assert self._client is not None
-        held = self._held.get(version)
-        if held is None:
-            return
         with contextlib.suppress(RPCError):
             await self._client.report_held(
                 pb.ReportHeldRequest(
                     request_id=_request_id(), holder_id=self.holder_id, model=self.model, version=version, held=False
                 )
             )
-        for tensor in held.manifest.tensors:
-            with contextlib.suppress(UnknownTensor):
-                await self._membership.holder.unregister(tensor_plane_name(self.model, version, tensor.name))
+
+    async def _unserve(self, version: int) -> None:
+        """Stop serving ``version``'s tensors once reads in flight finish (a read planned meanwhile
+        is refused and re-planned elsewhere): then its buffers may be overwritten."""
+        held = self._held.get(version)
+        if held is not None:
+            names = [tensor_plane_name(self.model, version, t.name) for t in held.manifest.tensors]
+            await self._membership.holder.unregister_many(names)
 
     async def _release(self, version: int) -> None:
         await self._withdraw(version)

@@ -16,22 +16,27 @@ the last one stopped. Keys (``M`` model, ``V`` version, ``H`` holder):
 - ``request:METHOD:ID`` the answer to a request id, for retries.
 
 Concurrent changes of one model are serialised by a lock in this process; each change is written
-in one MULTI/EXEC, so Redis never shows half of one. One hub instance serves a model at a time.
+in one MULTI/EXEC, so Redis never shows half of one. One hub instance serves a model at a time, so
+the hub also keeps what it knows in memory (holders and their leases, each version's holders and
+chunks, read leases, versions, pins): Redis is the durable copy, loaded on first use after a start
+and written through on every change, and answering a plan, a progress report or a version watch
+costs no Redis read -- a plan is one write of its read leases.
 
 A GetPlan that finds every source busy is held open: it waits for a change of the model's holders or
-read leases made through this process (progress, held, failures, leaves), re-planning at least every
-``watch_poll_s`` for what it cannot see (lease expiry), until its wait bound.
+read leases (progress, held, failures, leaves), re-planning at least every ``watch_poll_s`` for
+what it cannot see (lease expiry), until its wait bound.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
@@ -49,6 +54,8 @@ PARTIAL = -2
 _WAKE_CHAIN_FAILURES = 2
 """Held plans woken in a row that find every source still busy before waking stops until the next change."""
 _SEP = "|"
+_MAX_ANSWERS_IN_MEMORY = 10_000
+"""Answers to request ids kept in memory for retries (Redis keeps them all, for ``request_ttl_s``)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -142,6 +149,40 @@ def _check_name(what: str, value: str) -> None:
         raise InvalidArgument(f"{what} {value!r} must be 1-256 characters without whitespace or '{_SEP}'")
 
 
+class _Batch:
+    """Redis write commands recorded in order (``batch.hset(...)``), for the hub's writer to run."""
+
+    def __init__(self) -> None:
+        self.commands: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
+        self.written: asyncio.Future[None] | None = None
+        """Done once Redis has the commands (set when the batch joins the writer's queue)."""
+
+    async def durable(self) -> None:
+        """Wait until Redis has the commands (outside the model's lock: others need not wait too)."""
+        if self.written is not None:
+            await asyncio.shield(self.written)
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        def record(*args: Any, **kwargs: Any) -> None:
+            self.commands.append((name, args, kwargs))
+
+        return record
+
+
+@dataclass
+class _VersionState:
+    """What the hub knows of one committed version's holders (mirrors Redis)."""
+
+    holders: dict[str, int]
+    """Holder id -> shard index (WHOLE_VERSION, PARTIAL or a publisher's shard)."""
+    partial: dict[str, set[int]]
+    """Chunks each partial holder has verified."""
+    pins: set[str]
+    """Owners pinning the version."""
+    excluded: dict[str, tuple[set[str], float]] = field(default_factory=dict)
+    """Reader id -> holders not to plan for it, and when that ends (monotonic)."""
+
+
 class WeightHub:
     """Versions, holders and read plans of model weights (see the module docstring)."""
 
@@ -150,10 +191,26 @@ class WeightHub:
         self.config = config
         self._locks: dict[str, asyncio.Lock] = {}
         self._manifests: dict[tuple[str, int], Manifest] = {}
+        self._committed_at: dict[tuple[str, int], float] = {}
         self._commits: dict[str, asyncio.Event] = {}
         self._waiters: dict[str, collections.deque[asyncio.Future[int]]] = {}
         self._unclaimed: dict[str, int] = {}
         """Per model: changes that found no held plan waiting (one being computed may need them)."""
+        # The in-memory mirror of Redis: loaded on first use, written through on every change.
+        self._records: dict[str, tuple[Holder, float]] = {}
+        """Holder id -> record and the end of its lease (monotonic)."""
+        self._held_by: dict[str, set[tuple[str, int]]] = {}
+        self._readers: dict[str, dict[str, int]] = {}
+        """Holder id -> ``reader|M|V`` -> read-lease expiry (ms) of readers reading from it."""
+        self._reading: dict[str, dict[str, int]] = {}
+        """Reader id -> ``source|M|V`` -> expiry (ms) of the read leases it holds."""
+        self._latest_of: dict[str, int] = {}
+        self._versions_of: dict[str, list[int]] = {}
+        self._states: dict[tuple[str, int], _VersionState] = {}
+        self._answers: collections.OrderedDict[tuple[str, str], dict[str, Any]] = collections.OrderedDict()
+        self._backlog: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
+        self._backlog_done: asyncio.Future[None] | None = None
+        self._writer: asyncio.Task[None] | None = None
 
     def _notify(self, model: str | None) -> None:
         """A source of ``model`` (of every model when None) may have freed up: wake a held plan."""
@@ -173,6 +230,43 @@ class WeightHub:
         if num_failed == 0:
             self._unclaimed[model] = self._unclaimed.get(model, 0) + 1
 
+    @contextlib.asynccontextmanager
+    async def _writing(self, *, durable: bool) -> AsyncIterator[_Batch]:
+        """Record write commands; on exit they join the writer's queue. A durable change (commits,
+        holdings, pins) waits until Redis has it; soft state (read leases, a partial holder's chunks)
+        does not: Redis gets it in order with the rest, and a hub that dies first loses only leases
+        that expire anyway and chunks the reader reports again as held."""
+        batch = _Batch()
+        yield batch
+        if not batch.commands:
+            return
+        self._backlog.extend(batch.commands)
+        if self._backlog_done is None:
+            self._backlog_done = asyncio.get_running_loop().create_future()
+        batch.written = self._backlog_done
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_backlog(), name="weighthub-redis-writer")
+        if durable:
+            await batch.durable()
+
+    async def _write_backlog(self) -> None:
+        """Run queued writes in order, each batch that accumulated meanwhile in one MULTI/EXEC."""
+        while self._backlog:
+            commands, self._backlog = self._backlog, []
+            done, self._backlog_done = self._backlog_done, None
+            assert done is not None
+            try:
+                async with self.meta.client.pipeline(transaction=True) as pipe:
+                    for name, args, kwargs in commands:
+                        getattr(pipe, name)(*args, **kwargs)
+                    await pipe.execute()
+            except Exception as exc:
+                logger.warning("writing %d commands to Redis failed: %s", len(commands), exc)
+                done.set_exception(exc)
+                done.exception()  # retrieved here too: a soft write has nobody waiting for it
+            else:
+                done.set_result(None)
+
     def _lock(self, model: str) -> asyncio.Lock:
         return self._locks.setdefault(model, asyncio.Lock())
 
@@ -180,18 +274,137 @@ class WeightHub:
         return self.meta.key(*parts)
 
     async def _once(
-        self, method: str, request_id: str, compute: Callable[[], Awaitable[dict[str, Any]]]
+        self,
+        method: str,
+        request_id: str,
+        compute: Callable[[], Awaitable[dict[str, Any]]],
+        *,
+        durable: bool = True,
     ) -> dict[str, Any]:
-        """The answer to ``request_id`` of ``method``: computed once, replayed on retries."""
+        """The answer to ``request_id`` of ``method``: computed once, replayed on retries from
+        memory, or, when ``durable``, from Redis after a restart. (Plans are not durable: after a
+        restart a retried plan is planned afresh, and the first one's read leases expire.)"""
         if not request_id:
             return await compute()
-        key = self._k("request", method, request_id)
-        cached = await self.meta.get_json(key)
+        cache_key = (method, request_id)
+        cached = self._answers.get(cache_key)
         if cached is not None:
             return dict(cached)
+        key = self._k("request", method, request_id)
+        if durable:
+            stored = await self.meta.get_json(key)
+            if stored is not None:
+                return dict(stored)
         result = await compute()
-        await self.meta.client.set(key, json.dumps(result), px=int(self.config.request_ttl_s * 1000))
-        return result
+        self._answers[cache_key] = result
+        while len(self._answers) > _MAX_ANSWERS_IN_MEMORY:
+            self._answers.popitem(last=False)
+        if durable:
+            async with self._writing(durable=False) as batch:
+                batch.set(key, json.dumps(result), px=int(self.config.request_ttl_s * 1000))
+        return dict(result)
+
+    # The mirror ----------------------------------------------------------------------------------
+
+    async def _holders(self, holder_ids: Sequence[str]) -> dict[str, Holder]:
+        """Records of the live holders among ``holder_ids`` (memory, Redis for unknown ones)."""
+        now = time.monotonic()
+        out: dict[str, Holder] = {}
+        unknown = []
+        for holder_id in holder_ids:
+            cached = self._records.get(holder_id)
+            if cached is None:
+                unknown.append(holder_id)
+            elif cached[1] > now:
+                out[holder_id] = cached[0]
+            else:
+                del self._records[holder_id]  # lease lapsed (Redis let the key expire too)
+        if unknown:
+            async with self.meta.client.pipeline(transaction=False) as pipe:
+                for holder_id in unknown:
+                    pipe.get(self._k("holder", holder_id))
+                    pipe.pttl(self._k("holder", holder_id))
+                replies = await pipe.execute()
+            for i, holder_id in enumerate(unknown):
+                raw, ttl_ms = replies[2 * i], replies[2 * i + 1]
+                if raw is not None and ttl_ms is not None and int(ttl_ms) > 0:
+                    record = Holder.from_json(raw)
+                    self._records[holder_id] = (record, now + int(ttl_ms) / 1000)
+                    out[holder_id] = record
+        return out
+
+    async def _holder(self, holder_id: str) -> Holder | None:
+        return (await self._holders([holder_id])).get(holder_id)
+
+    async def _held(self, holder_id: str) -> set[tuple[str, int]]:
+        held = self._held_by.get(holder_id)
+        if held is None:
+            members = await self.meta.client.smembers(self._k("holder", holder_id, "held"))
+            held = self._held_by.setdefault(holder_id, {(m, int(v)) for m, v in map(json.loads, members)})
+        return held
+
+    async def _lease_table(self, tables: dict[str, dict[str, int]], kind: str, holder_id: str) -> dict[str, int]:
+        table = tables.get(holder_id)
+        if table is None:
+            raw = await self.meta.client.hgetall(self._k("holder", holder_id, kind))
+            table = tables.setdefault(holder_id, {f: int(e) for f, e in raw.items()})
+        return table
+
+    async def _readers_of(self, holder_id: str) -> dict[str, int]:
+        """Read leases of readers reading from ``holder_id``: ``reader|M|V`` -> expiry (ms)."""
+        return await self._lease_table(self._readers, "readers", holder_id)
+
+    async def _reading_of(self, reader_id: str) -> dict[str, int]:
+        """Read leases ``reader_id`` holds: ``source|M|V`` -> expiry (ms)."""
+        return await self._lease_table(self._reading, "reading", reader_id)
+
+    async def _state(self, model: str, version: int) -> _VersionState:
+        state = self._states.get((model, version))
+        if state is not None:
+            return state
+        async with self.meta.client.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self._k("model", model, "v", version, "holders"))
+            pipe.smembers(self._k("model", model, "v", version, "pins"))
+            shards, pins = await pipe.execute()
+        holders = {h: int(s) for h, s in shards.items()}
+        partial_ids = [h for h, s in holders.items() if s == PARTIAL]
+        partial: dict[str, set[int]] = {}
+        if partial_ids:
+            async with self.meta.client.pipeline(transaction=False) as pipe:
+                for holder_id in partial_ids:
+                    pipe.smembers(self._k("model", model, "v", version, "chunks", holder_id))
+                replies = await pipe.execute()
+            partial = {h: {int(c) for c in m} for h, m in zip(partial_ids, replies, strict=True)}
+        return self._states.setdefault(
+            (model, version), _VersionState(holders=holders, partial=partial, pins=set(pins))
+        )
+
+    async def _excluded(self, model: str, version: int, reader_id: str) -> set[str]:
+        state = await self._state(model, version)
+        entry = state.excluded.get(reader_id)
+        now = time.monotonic()
+        if entry is None:
+            key = self._k("model", model, "v", version, "excluded", reader_id)
+            async with self.meta.client.pipeline(transaction=False) as pipe:
+                pipe.smembers(key)
+                pipe.pttl(key)
+                members, ttl_ms = await pipe.execute()
+            entry = (set(members), now + max(0, int(ttl_ms)) / 1000)
+            state.excluded[reader_id] = entry
+        return entry[0] if entry[1] > now else set()
+
+    def _drop_holding(self, pipe: Any, holder_id: str, model: str, version: int) -> None:
+        """Queue (and mirror) that ``holder_id`` no longer holds any of ``version``."""
+        pipe.hdel(self._k("model", model, "v", version, "holders"), holder_id)
+        pipe.srem(self._k("holder", holder_id, "held"), json.dumps([model, version]))
+        pipe.delete(self._k("model", model, "v", version, "chunks", holder_id))
+        state = self._states.get((model, version))
+        if state is not None:
+            state.holders.pop(holder_id, None)
+            state.partial.pop(holder_id, None)
+        held = self._held_by.get(holder_id)
+        if held is not None:
+            held.discard((model, version))
 
     # Holders --------------------------------------------------------------------------------------
 
@@ -228,44 +441,35 @@ class WeightHub:
             max_concurrent_reads=max_concurrent_reads or self.config.default_max_concurrent_reads,
             lease_ttl_s=ttl_s,
         )
-        key = self._k("holder", holder_id)
-        if not await self.meta.client.exists(key):
+        if await self._holder(holder_id) is None:
             # A lease that lapsed removed the holder: what it held and read before is forgotten until
             # reported again.
             await self._release_reader_leases(holder_id, None)
             await self._forget_holdings(holder_id)
-        await self.meta.client.set(key, record.to_json(), px=int(ttl_s * 1000))
+        async with self._writing(durable=True) as pipe:
+            pipe.set(self._k("holder", holder_id), record.to_json(), px=int(ttl_s * 1000))
+        self._records[holder_id] = (record, time.monotonic() + ttl_s)
         logger.info("holder %s registered at %s (lease %.1f s)", holder_id, topology, ttl_s)
         return ttl_s
 
     async def _forget_holdings(self, holder_id: str) -> None:
-        held_key = self._k("holder", holder_id, "held")
-        members = await self.meta.client.smembers(held_key)
-        async with self.meta.client.pipeline(transaction=True) as pipe:
-            for member in members:
-                model, version = json.loads(member)
-                pipe.hdel(self._k("model", model, "v", version, "holders"), holder_id)
-                pipe.delete(self._k("model", model, "v", version, "chunks", holder_id))
-            pipe.delete(held_key)
-            await pipe.execute()
+        held = sorted(await self._held(holder_id))
+        async with self._writing(durable=True) as pipe:
+            for model, version in held:
+                self._drop_holding(pipe, holder_id, model, version)
+            pipe.delete(self._k("holder", holder_id, "held"))
+        self._held_by[holder_id] = set()
 
     async def unregister_holder(self, *, request_id: str, holder_id: str) -> None:
         """Remove a holder now; its holdings and read leases go with it."""
         _check_name("holder_id", holder_id)
         await self._release_reader_leases(holder_id, None)
         await self._forget_holdings(holder_id)
-        await self.meta.client.delete(self._k("holder", holder_id), self._k("holder", holder_id, "readers"))
+        async with self._writing(durable=True) as pipe:
+            pipe.delete(self._k("holder", holder_id), self._k("holder", holder_id, "readers"))
+        self._records.pop(holder_id, None)
+        self._readers[holder_id] = {}
         self._notify(None)
-
-    async def _holder(self, holder_id: str) -> Holder | None:
-        raw = await self.meta.client.get(self._k("holder", holder_id))
-        return None if raw is None else Holder.from_json(raw)
-
-    async def _holders(self, holder_ids: Sequence[str]) -> dict[str, Holder]:
-        if not holder_ids:
-            return {}
-        raws = await self.meta.client.mget([self._k("holder", h) for h in holder_ids])
-        return {h: Holder.from_json(r) for h, r in zip(holder_ids, raws, strict=True) if r is not None}
 
     async def heartbeat(self, *, holder_id: str) -> tuple[float, list[HeldState]]:
         """Renew a lease; NotFound once it lapsed. Returns the lease and the holder's versions."""
@@ -273,10 +477,11 @@ class WeightHub:
         if record is None or not await self.meta.client.pexpire(
             self._k("holder", holder_id), int(record.lease_ttl_s * 1000)
         ):
+            self._records.pop(holder_id, None)
             raise NotFound(f"holder {holder_id} is not registered (its lease lapsed?): register and report again")
+        self._records[holder_id] = (record, time.monotonic() + record.lease_ttl_s)
         states = []
-        for member in sorted(await self.meta.client.smembers(self._k("holder", holder_id, "held"))):
-            model, version = json.loads(member)
+        for model, version in sorted(await self._held(holder_id)):
             states.append(
                 HeldState(
                     model=model,
@@ -287,43 +492,43 @@ class WeightHub:
             )
         return record.lease_ttl_s, states
 
-    async def _live_entries(self, key: str) -> dict[str, int]:
-        """Fields of a lease hash whose expiry has not passed; expired ones are deleted."""
-        entries = {f: int(v) for f, v in (await self.meta.client.hgetall(key)).items()}
+    async def _live_leases(self, holder_id: str) -> list[tuple[str, str, int]]:
+        """(reader, model, version) of the unexpired read leases on ``holder_id`` whose reader is
+        still registered; expired ones are dropped."""
+        table = await self._readers_of(holder_id)
         now = _now_ms()
-        expired = [f for f, expiry in entries.items() if expiry <= now]
+        expired = [f for f, expiry in table.items() if expiry <= now]
         if expired:
-            await self.meta.client.hdel(key, *expired)
-        return {f: e for f, e in entries.items() if e > now}
+            for f in expired:
+                del table[f]
+            async with self._writing(durable=False) as pipe:
+                pipe.hdel(self._k("holder", holder_id, "readers"), *expired)
+        leases = [f.split(_SEP) for f in table]
+        live = await self._holders(sorted({r for r, _, _ in leases}))
+        return [(r, m, int(v)) for r, m, v in leases if r in live]
 
     async def _active_reads(self, holder_id: str, model: str | None = None, version: int | None = None) -> int:
         """Readers with a live lease on ``holder_id`` (for one version, or any)."""
-        entries = await self._live_entries(self._k("holder", holder_id, "readers"))
-        readers = [f.split(_SEP) for f in entries]
-        live = await self._holders(sorted({r[0] for r in readers}))
         return sum(
-            1 for reader, m, v in readers if reader in live and (model is None or (m == model and int(v) == version))
+            1 for _, m, v in await self._live_leases(holder_id) if model is None or (m == model and v == version)
         )
-
-    async def _count_live_readers(
-        self, lease_tables: dict[str, dict[str, str]], known: dict[str, Holder]
-    ) -> dict[str, int]:
-        """Per holder, the readers with an unexpired lease on it (any version) that are still
-        registered; ``known`` are records already read (no need to read them again)."""
-        now = _now_ms()
-        readers = {
-            h: [f.split(_SEP)[0] for f, expiry in table.items() if int(expiry) > now]
-            for h, table in lease_tables.items()
-        }
-        unknown = sorted({r for rs in readers.values() for r in rs} - set(known))
-        live = set(known) | set(await self._holders(unknown))
-        return {h: sum(1 for r in rs if r in live) for h, rs in readers.items()}
 
     # Versions -------------------------------------------------------------------------------------
 
     async def _latest(self, model: str) -> int:
-        raw = await self.meta.client.get(self._k("model", model, "latest"))
-        return int(raw) if raw is not None else 0
+        latest = self._latest_of.get(model)
+        if latest is None:
+            raw = await self.meta.client.get(self._k("model", model, "latest"))
+            latest = self._latest_of.setdefault(model, int(raw) if raw is not None else 0)
+        return latest
+
+    async def _versions(self, model: str) -> list[int]:
+        """Committed versions of ``model`` still on record, ascending."""
+        versions = self._versions_of.get(model)
+        if versions is None:
+            raw = await self.meta.client.zrange(self._k("model", model, "versions"), 0, -1)
+            versions = self._versions_of.setdefault(model, sorted(int(v) for v in raw))
+        return versions
 
     async def _manifest(self, model: str, version: int) -> Manifest | None:
         cached = self._manifests.get((model, version))
@@ -334,6 +539,7 @@ class WeightHub:
             return None
         manifest = Manifest.from_dict(data["manifest"])
         self._manifests[(model, version)] = manifest
+        self._committed_at[(model, version)] = float(data["committed_at"])
         return manifest
 
     async def _resolve(self, model: str, version: int) -> Manifest:
@@ -351,12 +557,12 @@ class WeightHub:
         return manifest
 
     async def _retained(self, model: str, version: int) -> bool:
-        newest = await self.meta.client.zrevrange(
-            self._k("model", model, "versions"), 0, self.config.keep_last_versions - 1
-        )
-        if str(version) in newest:
+        versions = await self._versions(model)
+        if version not in versions:
+            return False  # pruned: neither retained nor pinned any more
+        if version in versions[-self.config.keep_last_versions :]:
             return True
-        return bool(await self.meta.client.scard(self._k("model", model, "v", version, "pins")))
+        return bool((await self._state(model, version)).pins)
 
     async def publish(
         self, *, request_id: str, holder_id: str, manifest: Manifest, shard_index: int, num_shards: int
@@ -384,7 +590,11 @@ class WeightHub:
                 return await self._publish_replica(holder_id, manifest, shard_index, num_shards, latest)
             pending_key = self._k("model", model, "v", version, "pending")
             holders_key = self._k("model", model, "v", version, "pending_holders")
-            pending = {int(k): json.loads(v) for k, v in (await self.meta.client.hgetall(pending_key)).items()}
+            async with self.meta.client.pipeline(transaction=False) as pipe:
+                pipe.hgetall(pending_key)
+                pipe.hgetall(holders_key)
+                raw_pending, raw_holders = await pipe.execute()
+            pending = {int(k): json.loads(v) for k, v in raw_pending.items()}
             for other in pending.values():
                 if other["num_shards"] != num_shards:
                     raise InvalidArgument(
@@ -399,7 +609,7 @@ class WeightHub:
             shards = {i: Manifest.from_dict(p["manifest"]) for i, p in pending.items()}
             shards[shard_index] = manifest
             check_compatible_shards([shards[i] for i in sorted(shards)])
-            pending_holders = {h: int(s) for h, s in (await self.meta.client.hgetall(holders_key)).items()}
+            pending_holders = {h: int(s) for h, s in raw_holders.items()}
             if pending_holders.get(holder_id, shard_index) != shard_index:
                 raise InvalidArgument(
                     f"holder {holder_id} already publishes shard {pending_holders[holder_id]} of version {version}; "
@@ -407,12 +617,11 @@ class WeightHub:
                 )
             pending_holders[holder_id] = shard_index
             if len(shards) < num_shards:
-                async with self.meta.client.pipeline(transaction=True) as pipe:
+                async with self._writing(durable=True) as pipe:
                     pipe.hset(
                         pending_key, str(shard_index), json.dumps({"num_shards": num_shards, "manifest": shard_json})
                     )
                     pipe.hset(holders_key, holder_id, shard_index)
-                    await pipe.execute()
                 return PublishResult(committed=False, num_shards_registered=len(shards), root_hash="")
             merged = merge_shards([shards[i] for i in range(num_shards)])
             await self._commit(merged, pending_holders, pending_key, holders_key)
@@ -420,17 +629,28 @@ class WeightHub:
 
     async def _commit(self, merged: Manifest, holders: dict[str, int], *pending_keys: str) -> None:
         model, version = merged.model, merged.version
-        record = {"manifest": merged.to_dict(), "committed_at": time.time()}
-        async with self.meta.client.pipeline(transaction=True) as pipe:
+        committed_at = time.time()
+        record = {"manifest": merged.to_dict(), "committed_at": committed_at}
+        versions = await self._versions(model)
+        held = {h: await self._held(h) for h in holders}
+        async with self._writing(durable=True) as pipe:
             pipe.set(self._k("model", model, "v", version, "manifest"), json.dumps(record))
             pipe.zadd(self._k("model", model, "versions"), {str(version): version})
             for holder, shard in holders.items():
                 pipe.hset(self._k("model", model, "v", version, "holders"), holder, shard)
                 pipe.sadd(self._k("holder", holder, "held"), json.dumps([model, version]))
-            pipe.delete(*pending_keys)
+            if pending_keys:
+                pipe.delete(*pending_keys)
             pipe.set(self._k("model", model, "latest"), version)
-            await pipe.execute()
         self._manifests[(model, version)] = merged
+        self._committed_at[(model, version)] = committed_at
+        self._states[(model, version)] = _VersionState(holders=dict(holders), partial={}, pins=set())
+        for holder in holders:
+            held[holder].add((model, version))
+        if version not in versions:
+            versions.append(version)
+            versions.sort()
+        self._latest_of[model] = version
         logger.info(
             "committed %s v%d: %d tensors, %d chunks, %d bytes, %d shards, root %s",
             model,
@@ -465,34 +685,43 @@ class WeightHub:
         ]
         if mine != theirs:
             raise refused
-        async with self.meta.client.pipeline(transaction=True) as pipe:
+        state = await self._state(model, version)
+        held = await self._held(holder_id)
+        async with self._writing(durable=True) as pipe:
             pipe.hset(self._k("model", model, "v", version, "holders"), holder_id, shard_index)
             pipe.sadd(self._k("holder", holder_id, "held"), json.dumps([model, version]))
-            await pipe.execute()
+        state.holders[holder_id] = shard_index
+        held.add((model, version))
         return PublishResult(committed=True, num_shards_registered=num_shards, root_hash=committed.root_hash)
 
     async def _prune(self, model: str) -> None:
         """Drop the metadata of retired versions that no live holder has any more."""
-        for raw in await self.meta.client.zrange(self._k("model", model, "versions"), 0, -1):
-            version = int(raw)
+        versions = await self._versions(model)
+        retired = []
+        for version in list(versions):
             if await self._retained(model, version) or await self._live_holders(model, version):
                 continue
-            async with self.meta.client.pipeline(transaction=True) as pipe:
-                pipe.zrem(self._k("model", model, "versions"), raw)
+            if version in versions:  # not pruned meanwhile by another call
+                versions.remove(version)
+                retired.append(version)
+        if not retired:
+            return
+        async with self._writing(durable=False) as pipe:
+            for version in retired:
+                pipe.zrem(self._k("model", model, "versions"), str(version))
                 pipe.delete(
                     self._k("model", model, "v", version, "manifest"),
                     self._k("model", model, "v", version, "holders"),
                     self._k("model", model, "v", version, "pullers"),
                 )
-                await pipe.execute()
-            self._manifests.pop((model, version), None)
-            logger.info("retired %s v%d: no live holder left", model, version)
+                self._manifests.pop((model, version), None)
+                self._committed_at.pop((model, version), None)
+                self._states.pop((model, version), None)
+                logger.info("retired %s v%d: no live holder left", model, version)
+        await pipe.durable()
 
     async def _live_holders(self, model: str, version: int) -> dict[str, tuple[Holder, int]]:
-        holders = {
-            h: int(s)
-            for h, s in (await self.meta.client.hgetall(self._k("model", model, "v", version, "holders"))).items()
-        }
+        holders = (await self._state(model, version)).holders
         records = await self._holders(sorted(holders))
         return {h: (records[h], holders[h]) for h in records}
 
@@ -530,7 +759,7 @@ class WeightHub:
         while True:
             unclaimed = self._unclaimed.get(model, 0)
             try:
-                data = await self._once("plan", request_id, compute)
+                data = await self._once("plan", request_id, compute, durable=False)
             except ResourceExhausted:
                 if woken_after is not None and woken_after + 1 < _WAKE_CHAIN_FAILURES:
                     self._wake_next(model, woken_after + 1)
@@ -549,7 +778,7 @@ class WeightHub:
             try:
                 woken_after = await asyncio.wait_for(waiter, timeout=min(left_s, self.config.watch_poll_s))
             except TimeoutError:
-                pass  # re-plan anyway: leases expire and other hub instances change Redis unseen
+                pass  # re-plan anyway: leases expire unseen
         data["reads"] = [SourceReadOut(**r) for r in data["reads"]]
         return PlanResult(**data)
 
@@ -582,29 +811,18 @@ class WeightHub:
             needed = manifest.changed_chunks(base)
             base_version = held_version if base is not None else 0
         async with self._lock(model):
-            # A handful of round trips, however many holders: plans are the hub's hottest path.
-            async with self.meta.client.pipeline(transaction=False) as pipe:
-                pipe.hgetall(self._k("model", model, "v", version, "holders"))
-                pipe.smembers(self._k("model", model, "v", version, "excluded", reader_id))
-                shards, excluded = await pipe.execute()
-            records = await self._holders(sorted(shards))
-            live = {h: (records[h], int(shards[h])) for h in records}
-            partial_ids = [h for h, (_, s) in live.items() if s == PARTIAL]
-            async with self.meta.client.pipeline(transaction=False) as pipe:
-                for holder_id in partial_ids:
-                    pipe.smembers(self._k("model", model, "v", version, "chunks", holder_id))
-                for holder_id in live:
-                    pipe.hgetall(self._k("holder", holder_id, "readers"))
-                replies = await pipe.execute()
-            partial = {h: frozenset(int(c) for c in m) for h, m in zip(partial_ids, replies, strict=False)}
-            active = await self._count_live_readers(dict(zip(live, replies[len(partial_ids) :], strict=True)), records)
+            # From the in-memory mirror: one Redis round trip (the leases' write) per plan.
+            state = await self._state(model, version)
+            excluded = await self._excluded(model, version, reader_id)
+            live = await self._live_holders(model, version)
             sources = []
             for holder_id, (record, shard) in live.items():
                 chunks: range | frozenset[int] | None
                 if shard == PARTIAL:
-                    chunks = partial[holder_id]
-                    if not chunks:
+                    held_chunks = state.partial.get(holder_id)
+                    if not held_chunks:
                         continue
+                    chunks = frozenset(held_chunks)
                 else:
                     chunks = None if shard == WHOLE_VERSION else manifest.shard_chunks(shard)
                 sources.append(
@@ -612,7 +830,7 @@ class WeightHub:
                         holder_id=holder_id,
                         topology=record.topology,
                         chunks=chunks,
-                        active_reads=active[holder_id],
+                        active_reads=len(await self._live_leases(holder_id)),
                         max_concurrent_reads=record.max_concurrent_reads,
                         publisher=shard >= 0,
                     )
@@ -639,18 +857,17 @@ class WeightHub:
             )
             expiry = _now_ms() + int(self.config.read_lease_ttl_s * 1000)
             reads = []
-            async with self.meta.client.pipeline(transaction=True) as pipe:
+            reading = await self._reading_of(reader_id)
+            for read in plan.reads:
+                await self._readers_of(read.holder_id)
+            async with self._writing(durable=False) as pipe:
                 for read in plan.reads:
-                    pipe.hset(
-                        self._k("holder", read.holder_id, "readers"),
-                        _SEP.join([reader_id, model, str(version)]),
-                        expiry,
-                    )
-                    pipe.hset(
-                        self._k("holder", reader_id, "reading"),
-                        _SEP.join([read.holder_id, model, str(version)]),
-                        expiry,
-                    )
+                    lease = _SEP.join([reader_id, model, str(version)])
+                    held_lease = _SEP.join([read.holder_id, model, str(version)])
+                    pipe.hset(self._k("holder", read.holder_id, "readers"), lease, expiry)
+                    pipe.hset(self._k("holder", reader_id, "reading"), held_lease, expiry)
+                    self._readers[read.holder_id][lease] = expiry
+                    reading[held_lease] = expiry
                     carrier, address = _offer(reader, live[read.holder_id][0], read.locality)
                     reads.append(
                         SourceReadOut(
@@ -663,7 +880,6 @@ class WeightHub:
                     )
                 if plan.cross_datacenter and reader.topology.datacenter:
                     pipe.hset(pullers_key, reader.topology.datacenter, f"{reader_id}{_SEP}{expiry}")
-                await pipe.execute()
         return PlanResult(
             model=model,
             version=version,
@@ -697,38 +913,55 @@ class WeightHub:
         holders_key = self._k("model", model, "v", version, "holders")
         chunks_key = self._k("model", model, "v", version, "chunks", holder_id)
         async with self._lock(model):
-            shard = await self.meta.client.hget(holders_key, holder_id)
-            async with self.meta.client.pipeline(transaction=True) as pipe:
-                if shard is None or int(shard) == PARTIAL:
-                    if chunk_indices:
-                        pipe.sadd(chunks_key, *[str(i) for i in chunk_indices])
-                        # Outlives any read; a set left by a reader that died goes on its own.
-                        pipe.pexpire(chunks_key, int(self.config.read_lease_ttl_s * 5000))
-                        pipe.hset(holders_key, holder_id, PARTIAL)
-                        pipe.sadd(self._k("holder", holder_id, "held"), json.dumps([model, version]))
-                    pipe.scard(chunks_key)
+            state = await self._state(model, version)
+            held = await self._held(holder_id)
+            reading = await self._reading_of(holder_id)
+            for source in finished_holder_ids:
+                await self._readers_of(source)
+            shard = state.holders.get(holder_id)
+            async with self._writing(durable=False) as pipe:
+                if (shard is None or shard == PARTIAL) and chunk_indices:
+                    pipe.sadd(chunks_key, *[str(i) for i in chunk_indices])
+                    # Outlives any read; a set left by a reader that died goes on its own.
+                    pipe.pexpire(chunks_key, int(self.config.read_lease_ttl_s * 5000))
+                    pipe.hset(holders_key, holder_id, PARTIAL)
+                    pipe.sadd(self._k("holder", holder_id, "held"), json.dumps([model, version]))
+                    state.holders[holder_id] = PARTIAL
+                    state.partial.setdefault(holder_id, set()).update(chunk_indices)
+                    held.add((model, version))
                 for source in finished_holder_ids:
-                    pipe.hdel(self._k("holder", holder_id, "reading"), _SEP.join([source, model, str(version)]))
-                    pipe.hdel(self._k("holder", source, "readers"), _SEP.join([holder_id, model, str(version)]))
-                results = await pipe.execute()
+                    lease = _SEP.join([holder_id, model, str(version)])
+                    held_lease = _SEP.join([source, model, str(version)])
+                    pipe.hdel(self._k("holder", holder_id, "reading"), held_lease)
+                    pipe.hdel(self._k("holder", source, "readers"), lease)
+                    reading.pop(held_lease, None)
+                    self._readers[source].pop(lease, None)
         self._notify(model)
-        if shard is not None and int(shard) != PARTIAL:
-            return len(manifest.chunks) if int(shard) == WHOLE_VERSION else len(manifest.shard_chunks(int(shard)))
-        return int(results[4 if chunk_indices else 0])
+        if shard is not None and shard != PARTIAL:
+            return len(manifest.chunks) if shard == WHOLE_VERSION else len(manifest.shard_chunks(shard))
+        return len(state.partial.get(holder_id, ()))
 
     async def _release_reader_leases(self, reader_id: str, version_of: tuple[str, int] | None) -> None:
         """Release the read leases ``reader_id`` holds (on one version, or all)."""
-        reading_key = self._k("holder", reader_id, "reading")
-        fields = await self.meta.client.hkeys(reading_key)
-        async with self.meta.client.pipeline(transaction=True) as pipe:
-            for field_name in fields:
-                source, model, version = field_name.split(_SEP)
-                if version_of is not None and (model, int(version)) != version_of:
-                    continue
-                pipe.hdel(reading_key, field_name)
-                pipe.hdel(self._k("holder", source, "readers"), _SEP.join([reader_id, model, version]))
-            await pipe.execute()
-        if version_of is not None:
+        reading = await self._reading_of(reader_id)
+        mine = []
+        for field_name in list(reading):
+            source, leased_model, leased_version = field_name.split(_SEP)
+            if version_of is not None and (leased_model, int(leased_version)) != version_of:
+                continue
+            mine.append((field_name, source, _SEP.join([reader_id, leased_model, leased_version])))
+        if mine:
+            for _, source, _ in mine:
+                await self._readers_of(source)
+            async with self._writing(durable=False) as pipe:
+                for field_name, source, lease in mine:
+                    pipe.hdel(self._k("holder", reader_id, "reading"), field_name)
+                    pipe.hdel(self._k("holder", source, "readers"), lease)
+                    reading.pop(field_name, None)
+                    self._readers[source].pop(lease, None)
+        record = self._records.get(reader_id)
+        if version_of is not None and (record is None or record[0].topology.datacenter):
+            # Only a reader with a datacenter label is ever a datacenter's puller.
             model, version = version_of
             pullers_key = self._k("model", model, "v", version, "pullers")
             for dc, value in (await self.meta.client.hgetall(pullers_key)).items():
@@ -743,24 +976,26 @@ class WeightHub:
             raise NotFound(f"holder {holder_id} is not registered (its lease lapsed?)")
         manifest = await self._resolve(model, version)
         async with self._lock(model):
+            state = await self._state(model, version)
+            held_set = await self._held(holder_id)
             if held:
                 if root_hash != manifest.root_hash:
                     raise InvalidArgument(
                         f"holder {holder_id} verified root hash {root_hash!r} but v{version} of {model!r} is "
                         f"{manifest.root_hash!r}; it is not recorded as a holder"
                     )
-                async with self.meta.client.pipeline(transaction=True) as pipe:
+                async with self._writing(durable=False) as pipe:
                     pipe.hset(self._k("model", model, "v", version, "holders"), holder_id, WHOLE_VERSION)
                     pipe.sadd(self._k("holder", holder_id, "held"), json.dumps([model, version]))
                     pipe.delete(self._k("model", model, "v", version, "chunks", holder_id))
-                    await pipe.execute()
+                state.holders[holder_id] = WHOLE_VERSION
+                state.partial.pop(holder_id, None)
+                held_set.add((model, version))
             else:
-                async with self.meta.client.pipeline(transaction=True) as pipe:
-                    pipe.hdel(self._k("model", model, "v", version, "holders"), holder_id)
-                    pipe.srem(self._k("holder", holder_id, "held"), json.dumps([model, version]))
-                    pipe.delete(self._k("model", model, "v", version, "chunks", holder_id))
-                    await pipe.execute()
+                async with self._writing(durable=False) as pipe:
+                    self._drop_holding(pipe, holder_id, model, version)
             await self._release_reader_leases(holder_id, (model, version))
+        await pipe.durable()
         self._notify(model)
         if not held:
             await self._prune(model)
@@ -773,22 +1008,31 @@ class WeightHub:
         """Stop planning ``holder_id`` for this reader and version (for everyone on a hash mismatch)."""
         if await self._holder(reader_id) is None:
             raise NotFound(f"reader {reader_id} is not registered (its lease lapsed?)")
-        await self._resolve(model, version)
+        manifest = await self._resolve(model, version)
+        version = manifest.version
         logger.warning(
             "reader %s failed reading %s v%d from %s (%s): %s", reader_id, model, version, holder_id, failure, detail
         )
         excluded_key = self._k("model", model, "v", version, "excluded", reader_id)
+        ttl_ms = int(self.config.read_lease_ttl_s * 1000) * 5
         async with self._lock(model):
-            async with self.meta.client.pipeline(transaction=True) as pipe:
+            state = await self._state(model, version)
+            excluded = await self._excluded(model, version, reader_id)
+            reading = await self._reading_of(reader_id)
+            readers = await self._readers_of(holder_id)
+            async with self._writing(durable=False) as pipe:
                 pipe.sadd(excluded_key, holder_id)
-                pipe.pexpire(excluded_key, int(self.config.read_lease_ttl_s * 1000) * 5)
-                pipe.hdel(self._k("holder", reader_id, "reading"), _SEP.join([holder_id, model, str(version)]))
-                pipe.hdel(self._k("holder", holder_id, "readers"), _SEP.join([reader_id, model, str(version)]))
+                pipe.pexpire(excluded_key, ttl_ms)
+                lease = _SEP.join([reader_id, model, str(version)])
+                held_lease = _SEP.join([holder_id, model, str(version)])
+                pipe.hdel(self._k("holder", reader_id, "reading"), held_lease)
+                pipe.hdel(self._k("holder", holder_id, "readers"), lease)
+                reading.pop(held_lease, None)
+                readers.pop(lease, None)
                 if failure == "hash_mismatch":
-                    pipe.hdel(self._k("model", model, "v", version, "holders"), holder_id)
-                    pipe.srem(self._k("holder", holder_id, "held"), json.dumps([model, version]))
-                    pipe.delete(self._k("model", model, "v", version, "chunks", holder_id))
-                await pipe.execute()
+                    self._drop_holding(pipe, holder_id, model, version)
+            state.excluded[reader_id] = (excluded | {holder_id}, time.monotonic() + ttl_ms / 1000)
+        await pipe.durable()
         self._notify(model)
 
     # Pins, listing, watching ----------------------------------------------------------------------
@@ -797,22 +1041,27 @@ class WeightHub:
         """Keep ``version`` beyond retention on behalf of ``owner``."""
         _check_name("owner", owner)
         manifest = await self._resolve(model, version)
-        await self.meta.client.sadd(self._k("model", model, "v", manifest.version, "pins"), owner)
+        state = await self._state(model, manifest.version)
+        async with self._writing(durable=True) as pipe:
+            pipe.sadd(self._k("model", model, "v", manifest.version, "pins"), owner)
+        state.pins.add(owner)
 
     async def unpin(self, *, request_id: str, model: str, version: int, owner: str) -> None:
         """Remove ``owner``'s pin; retention applies again once no pin remains."""
         _check_name("owner", owner)
         if await self._latest(model) == 0:
             raise NotFound(f"model {model!r} has no committed version")
-        await self.meta.client.srem(self._k("model", model, "v", version, "pins"), owner)
+        async with self._writing(durable=True) as pipe:
+            pipe.srem(self._k("model", model, "v", version, "pins"), owner)
+        state = self._states.get((model, version))
+        if state is not None:
+            state.pins.discard(owner)
         await self._prune(model)
 
     async def _info(self, model: str, version: int) -> VersionInfo | None:
-        data = await self.meta.get_json(self._k("model", model, "v", version, "manifest"))
-        if data is None:
-            return None
         manifest = await self._manifest(model, version)
-        assert manifest is not None
+        if manifest is None:
+            return None
         return VersionInfo(
             model=model,
             version=version,
@@ -820,8 +1069,8 @@ class WeightHub:
             size_bytes=manifest.size_bytes,
             num_chunks=len(manifest.chunks),
             num_holders=len(await self._live_holders(model, version)),
-            pinned=bool(await self.meta.client.scard(self._k("model", model, "v", version, "pins"))),
-            committed_at_unix_s=float(data["committed_at"]),
+            pinned=bool((await self._state(model, version)).pins),
+            committed_at_unix_s=self._committed_at.get((model, version), 0.0),
         )
 
     async def list_versions(self, *, model: str) -> list[VersionInfo]:
@@ -829,8 +1078,7 @@ class WeightHub:
         if await self._latest(model) == 0:
             raise NotFound(f"model {model!r} has no committed version")
         out = []
-        for raw in await self.meta.client.zrange(self._k("model", model, "versions"), 0, -1):
-            version = int(raw)
+        for version in list(await self._versions(model)):
             if not await self._retained(model, version):
                 continue
             info = await self._info(model, version)
@@ -857,9 +1105,12 @@ class WeightHub:
                 pass
 
     async def close(self) -> None:
-        """Wake watchers so streams end promptly."""
+        """Wake watchers so streams end promptly; write what is queued."""
         for event in self._commits.values():
             event.set()
+        if self._writer is not None:
+            with contextlib.suppress(Exception):
+                await self._writer
 
 
 def _offer(reader: Holder, holder: Holder, place: Locality) -> tuple[str, str]:

@@ -151,7 +151,12 @@ def plan_reads(
     window = max_chunks if defer_busy and max_chunks > 0 else 0
     if window and len(order) > window:
         rotation = zlib.crc32(reader_id.encode())
-        rarity = {c: sum(1 for s in candidates if s.has(c)) for c in order}
+        wanted = set(order)
+        rarity = dict.fromkeys(order, sum(1 for s in candidates if s.chunks is None))
+        for s in candidates:
+            if s.chunks is not None:
+                for c in wanted.intersection(s.chunks):
+                    rarity[c] += 1
         order.sort(key=lambda c: (rarity[c], (c + rotation) % max(1, len(order) + 1), c))
     planned = 0
     beyond_window: list[int] = []

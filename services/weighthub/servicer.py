@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -10,6 +11,7 @@ from seedstack.common.v1 import common_pb2
 from seedstack.weighthub.v1 import weighthub_pb2 as pb
 from seedstack.weighthub.v1 import weighthub_pb2_grpc
 
+from services.common.errors import NotFound
 from services.weighthub.core import VersionInfo, WeightHub
 from services.weighthub.planner import Topology
 from services.weighthub.versions import Chunk, Manifest, Tensor
@@ -229,7 +231,11 @@ class WeightHubServicer(weighthub_pb2_grpc.WeightHubServicer):
         self, request: pb.WatchVersionsRequest, context: Any
     ) -> AsyncIterator[pb.WatchVersionsResponse]:
         async for info in self.hub.watch(model=request.model, after_version=request.after_version):
-            yield pb.WatchVersionsResponse(version_info=version_info_to_proto(info))
+            manifest = None
+            if request.include_manifest:
+                with contextlib.suppress(NotFound):  # retired since: the reader asks GetManifest and learns why
+                    manifest = manifest_to_proto(await self.hub.get_manifest(model=info.model, version=info.version))
+            yield pb.WatchVersionsResponse(version_info=version_info_to_proto(info), manifest=manifest)
 
     async def ListVersions(self, request: pb.ListVersionsRequest, context: Any) -> pb.ListVersionsResponse:
         infos = await self.hub.list_versions(model=request.model)

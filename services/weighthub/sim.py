@@ -105,37 +105,53 @@ class FlowSim:
         return flow
 
     def _allocate(self) -> None:
-        """Max-min fair rates by progressive filling."""
+        """Max-min fair rates by progressive filling: every unfrozen flow's rate rises together
+        until a resource fills (its flows freeze) or a flow reaches its cap (it freezes). Resource
+        weights are kept up to date as flows freeze, so a round costs the resources in use, not
+        the flows times their resources."""
         active = set(self.flows)
+        weight: dict[str, float] = {}
+        users: dict[str, list[Flow]] = {}
         for flow in active:
             flow.rate_bytes_per_s = 0.0
-        used = dict.fromkeys(self.capacities, 0.0)
+            for name, coeff in flow.uses.items():
+                weight[name] = weight.get(name, 0.0) + coeff
+                users.setdefault(name, []).append(flow)
+        remaining = {name: self.capacities[name] for name in weight}
+        by_cap = sorted(active, key=lambda f: f.cap_bytes_per_s)
+        next_capped = 0
+        level = 0.0
         while active:
-            step = math.inf
-            weight: dict[str, float] = {}
-            for flow in active:
-                step = min(step, flow.cap_bytes_per_s - flow.rate_bytes_per_s)
-                for name, coeff in flow.uses.items():
-                    weight[name] = weight.get(name, 0.0) + coeff
+            while next_capped < len(by_cap) and by_cap[next_capped] not in active:
+                next_capped += 1
+            step = by_cap[next_capped].cap_bytes_per_s - level if next_capped < len(by_cap) else math.inf
             for name, w in weight.items():
                 if w > 0:
-                    step = min(step, (self.capacities[name] - used[name]) / w)
+                    step = min(step, remaining[name] / w)
             step = max(step, 0.0)
             if math.isinf(step):
                 raise ValueError("a flow uses no bounded resource and has no cap")
-            for flow in active:
-                flow.rate_bytes_per_s += step
-            for name, w in weight.items():
-                used[name] += step * w
-            full = {n for n, w in weight.items() if w > 0 and used[n] >= self.capacities[n] * (1 - 1e-9)}
-            frozen = {
-                f
-                for f in active
-                if f.rate_bytes_per_s >= f.cap_bytes_per_s * (1 - 1e-9) or any(n in full for n in f.uses)
-            }
+            level += step
+            frozen: set[Flow] = set()
+            for name, w in list(weight.items()):
+                remaining[name] -= step * w
+                if w > 0 and remaining[name] <= self.capacities[name] * 1e-9:
+                    frozen.update(f for f in users[name] if f in active)
+            while next_capped < len(by_cap) and by_cap[next_capped].cap_bytes_per_s <= level * (1 + 1e-9):
+                if by_cap[next_capped] in active:
+                    frozen.add(by_cap[next_capped])
+                next_capped += 1
             if not frozen:  # numerical safety: nothing saturated yet nothing can grow
                 break
+            for flow in frozen:
+                flow.rate_bytes_per_s = level
+                for name, coeff in flow.uses.items():
+                    weight[name] -= coeff
+                    if weight[name] <= 1e-12:
+                        del weight[name]
             active -= frozen
+        for flow in active:
+            flow.rate_bytes_per_s = level
         self._dirty = False
 
     def run(self, until_s: float = math.inf) -> float:
@@ -283,6 +299,12 @@ class HubOptions:
     """Fixed cost of one chunk read (request round trip) on top of its bytes."""
     publish_s: float = 0.0
     """Time from the start of publishing to the version being committed (copy into buffers, hash)."""
+    hub_queue: bool = False
+    """Model the hub's control plane as the one thread it is: every RPC (the version's announcement
+    to each reader, each plan's answer, each progress report that makes chunks servable, each
+    ReportHeld that ends a fetch) takes ``control_s`` of that thread (and of the host's cores, where
+    they are modelled), so RPCs of many readers queue. False: a plan's answer and an announcement
+    cost ``control_s`` of latency, progress is seen at once and nothing queues."""
 
 
 @dataclass
@@ -311,9 +333,44 @@ def simulate_hub(
     ``existing_holders`` already hold the whole version (e.g. rollouts before a scale-out).
     """
     by_id = {n.node_id: n for n in network.nodes}
-    sim = FlowSim(network.capacities())
+    capacities = network.capacities()
+    if options.hub_queue:
+        capacities["hub"] = 1.0
+    sim = FlowSim(capacities)
     num_chunks = len(chunk_sizes)
     holders: dict[str, _SimHolder] = {}
+
+    def rpc(then: Callable[[], object]) -> None:
+        """One RPC to the hub; ``then`` runs when its answer is back."""
+        if not options.hub_queue:
+            sim.at(options.control_s, then)
+            return
+        uses = {"hub": options.control_s}
+        if "cpu" in capacities:
+            uses["cpu"] = options.control_s
+        sim.start(1.0, uses, then)
+
+    reporting: dict[str, bool] = {}
+    unreported: dict[str, set[int]] = {}
+
+    def report_progress(reader_id: str) -> None:
+        """Chunks a reader verified become servable once its ReportProgress is answered; one
+        report at a time, what verifies meanwhile goes in the next (as clients/weighthub.py does)."""
+        if reporting.get(reader_id) or not unreported.get(reader_id):
+            return
+        batch, unreported[reader_id] = unreported[reader_id], set()
+        reporting[reader_id] = True
+
+        def answered() -> None:
+            reporting[reader_id] = False
+            holder = holders[reader_id]
+            holder.chunks |= batch
+            if holder.active_reads < holder.max_concurrent_reads:
+                wake_waiters()
+            report_progress(reader_id)
+
+        rpc(answered)
+
     for node_id, chunks in publishers.items():
         holders[node_id] = _SimHolder(
             node=by_id[node_id],
@@ -406,7 +463,16 @@ def simulate_hub(
             holder = holders[read.holder_id]
             holder.active_reads += 1
             in_flight[reader_id].update(read.chunk_indices)
-            _read_source(reader_id, read.holder_id, list(read.chunk_indices))
+        if options.hub_queue:
+            # The reads start when the plan's answer is back.
+            def start_reads(reads: Sequence[Any] = result.reads) -> None:
+                for read in reads:
+                    _read_source(reader_id, read.holder_id, list(read.chunk_indices))
+
+            rpc(start_reads)
+        else:
+            for read in result.reads:
+                _read_source(reader_id, read.holder_id, list(read.chunk_indices))
         return True
 
     def _read_source(reader_id: str, holder_id: str, chunks: list[int]) -> None:
@@ -450,6 +516,20 @@ def simulate_hub(
                 publisher=False,
                 max_concurrent_reads=options.reader_max_concurrent_reads,
             )
+        if options.hub_queue:
+            if not missing[reader_id]:
+
+                def held() -> None:  # ReportHeld answered: the fetch returns, every chunk is served
+                    run.done_at_s[reader_id] = sim.now_s
+                    holder.chunks = set(range(num_chunks))
+                    wake_waiters()
+
+                unreported[reader_id] = set()
+                rpc(held)
+            elif options.partial_holders:
+                unreported.setdefault(reader_id, set()).add(chunk)
+                report_progress(reader_id)
+            return
         holder.chunks.add(chunk)
         if not missing[reader_id]:
             run.done_at_s[reader_id] = sim.now_s
@@ -459,7 +539,16 @@ def simulate_hub(
 
     starts = reader_start_s or {}
     for reader_id in readers:
-        sim.at(options.publish_s + options.control_s + starts.get(reader_id, 0.0), functools.partial(plan, reader_id))
+        if options.hub_queue:
+            # The commit's announcement reaches each reader through the hub's thread.
+            sim.at(
+                options.publish_s + starts.get(reader_id, 0.0),
+                functools.partial(rpc, functools.partial(plan, reader_id)),
+            )
+        else:
+            sim.at(
+                options.publish_s + options.control_s + starts.get(reader_id, 0.0), functools.partial(plan, reader_id)
+            )
     sim.run()
     unfinished = [r for r in readers if r not in run.done_at_s]
     if unfinished:
@@ -756,7 +845,8 @@ class MachineSpec:
     """One host running the benchmark's processes, described by rates measured in the same run."""
 
     cpu_cores: float
-    """Cores shared by every process (os.cpu_count())."""
+    """Cores shared by every process: os.cpu_count(), or on a shared host the cores the benchmark's
+    processes get, measured (a hash in one thread against one per core at once)."""
     socket_bytes_per_s: float
     """One loopback socket stream, sender and receiver (benchmarks/transport.py raw_socket_method)."""
     memcpy_bytes_per_s: float
@@ -773,8 +863,11 @@ class MachineSpec:
     tcp_read_bytes_per_s: float = 0.0
     """The same over a loopback socket; 0: derived from socket and hash."""
     prepare_bytes_per_s: float = 0.0
-    """The trainer putting a new version in its buffers (copy and hash, through the holder),
-    measured; 0: derived from memcpy and hash."""
+    """The trainer putting a new version in its buffers (copy and hash, through the holder, tensor
+    after tensor: the naive scheme's), measured; 0: derived from memcpy and hash."""
+    publish_prepare_bytes_per_s: float = 0.0
+    """The same through the Publisher (``clients.weighthub.copy_and_hash``, a few tensors at once:
+    the hub scheme's), measured; 0: as ``prepare_bytes_per_s``."""
 
     def network(self, process_ids: Sequence[str], hosts: Mapping[str, str]) -> Network:
         """Each process a node; ``hosts`` says which share a host (shared memory between them)."""
@@ -819,16 +912,20 @@ def predict_local(
     network = machine.network(processes, hosts)
     # The trainer copies the new tensors into its buffers and hashes them before readers start.
     prepare_s = machine.prepare_s(size_bytes)
+    publish_prepare_s = (
+        size_bytes / machine.publish_prepare_bytes_per_s if machine.publish_prepare_bytes_per_s > 0 else prepare_s
+    )
     num_chunks = max(1, round(size_bytes / chunk_size_bytes))
     hub = simulate_hub(
         network,
         publishers={"trainer": list(range(num_chunks))},
         readers=processes[1:],
         chunk_sizes=[size_bytes / num_chunks] * num_chunks,
-        options=replace(options, publish_s=prepare_s + machine.rpc_s, chunk_latency_s=machine.read_latency_s),
+        options=replace(options, publish_s=publish_prepare_s + machine.rpc_s, chunk_latency_s=machine.read_latency_s),
     )
-    # Readers hear of the version (watch), fetch the manifest and report held: three round trips.
-    hub_s = max(hub.done_at_s.values()) + 3 * machine.rpc_s
+    # With the hub's thread modelled, the announcement and ReportHeld are simulated RPCs; else
+    # readers hear of the version (watch) and report held: two round trips on top.
+    hub_s = max(hub.done_at_s.values()) + (0.0 if options.hub_queue else 2 * machine.rpc_s)
     naive = simulate_naive(
         network,
         trainer="trainer",

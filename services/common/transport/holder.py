@@ -20,6 +20,7 @@ from typing import Protocol
 import torch
 
 from services.common.transport.buffers import SharedSegment, as_bytes
+from services.common.transport.errors import UnknownTensor
 from services.common.transport.leases import Entry, LeaseTable
 from services.common.transport.meta import (
     CARRIERS,
@@ -324,6 +325,22 @@ class TensorHolder:
         """Stop serving ``name`` once reads in flight finish (``LeaseTimeout`` after ``timeout_s``)."""
         entry = await asyncio.to_thread(self._leases.acquire_write, name, timeout_s)
         self._leases.release_write(entry, remove=True)
+
+    async def unregister_many(self, names: Sequence[str], *, timeout_s: float = 30.0) -> None:
+        """:meth:`unregister` each of ``names`` that is registered, in one hop to a worker thread
+        (each waits for its own reads in flight, ``LeaseTimeout`` after ``timeout_s``)."""
+
+        def unregister_all() -> None:
+            registered = set(self._leases.names())
+            for name in names:
+                if name in registered:
+                    try:
+                        entry = self._leases.acquire_write(name, timeout_s)
+                    except UnknownTensor:
+                        continue  # unregistered meanwhile
+                    self._leases.release_write(entry, remove=True)
+
+        await asyncio.to_thread(unregister_all)
 
     @contextlib.asynccontextmanager
     async def writing(self, name: str, *, timeout_s: float = 30.0) -> AsyncIterator[torch.Tensor]:

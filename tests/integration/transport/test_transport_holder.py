@@ -112,6 +112,32 @@ async def test_unregister_waits_for_reads_in_flight(holder: TensorHolder) -> Non
             await reader.read(ref, torch.empty(1 << 20), carrier="shm")
 
 
+async def test_unregister_many_waits_for_each_read_and_skips_unknown_names(holder: TensorHolder) -> None:
+    ref = await holder.register("a", holder.allocate((1 << 20,), torch.float32).fill_(1.0))
+    await holder.register("b", holder.allocate((16,), torch.float32).fill_(2.0))
+    first_chunk = threading.Event()
+    resume = threading.Event()
+
+    def pause(chunk: int) -> None:
+        if not first_chunk.is_set():
+            first_chunk.set()
+            resume.wait(30)
+
+    async with TensorReader() as reader:
+        read = asyncio.create_task(reader.read(ref, torch.empty(1 << 20), carrier="shm", on_chunk=pause))
+        assert await asyncio.to_thread(first_chunk.wait, 20)
+        try:
+            gone = asyncio.create_task(holder.unregister_many(["b", "missing", "a"], timeout_s=30.0))
+            # "b" goes at once; "a" stays served until its read in flight ends.
+            await assert_eventually(lambda: holder.names() == ["a"])
+            assert not gone.done()
+        finally:
+            resume.set()
+        await read
+        await gone
+        assert holder.names() == []
+
+
 async def test_shared_memory_is_freed_with_the_tensor(holder: TensorHolder) -> None:
     tensor = holder.allocate((1 << 16,), torch.uint8)
     await holder.register("w", tensor)

@@ -203,6 +203,19 @@ async def test_watch_streams_the_latest_then_each_commit(client: WeightHubClient
     await stream.aclose()
 
 
+async def test_watch_can_carry_each_versions_manifest(client: WeightHubClient) -> None:
+    await register(client, "rank0")
+    await publish(client, "rank0", shard(1, ["a", "b"]))
+    stream = client.watch_versions(pb.WatchVersionsRequest(model=MODEL, include_manifest=True), timeout_s=20)
+    first = await anext(stream)
+    await stream.aclose()
+    committed = (await client.get_manifest(pb.GetManifestRequest(model=MODEL, version=1))).manifest
+    assert first.manifest == committed and first.manifest.version == 1
+    plain = client.watch_versions(pb.WatchVersionsRequest(model=MODEL), timeout_s=20)
+    assert not (await anext(plain)).HasField("manifest")
+    await plain.aclose()
+
+
 async def test_a_hub_restart_loses_nothing(redis_url: str) -> None:
     server, address = await start_hub(redis_url)
     try:

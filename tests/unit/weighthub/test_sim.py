@@ -137,3 +137,23 @@ def test_measured_transport_rates_slow_the_prediction_where_they_fall_short() ->
         slow = sim.predict_local(measured, net=net, **common)  # type: ignore[arg-type]
         assert slow["naive_s"] > fast["naive_s"] and slow["hub_s"] > fast["hub_s"]
     assert measured.prepare_s(64e6) == pytest.approx(0.032)
+
+
+def test_hub_rpcs_queue_on_the_hubs_one_thread() -> None:
+    machine = sim.MachineSpec(
+        cpu_cores=2,
+        socket_bytes_per_s=2e9,
+        memcpy_bytes_per_s=10e9,
+        hash_bytes_per_s=10e9,
+        read_latency_s=1e-4,
+        rpc_s=0.01,
+    )
+    common = {"size_bytes": 4e6, "num_tensors": 1, "chunk_size_bytes": 4e6, "net": False}
+    queued = sim.HubOptions(control_s=0.01, hub_queue=True)
+    one = sim.predict_local(machine, k=1, options=queued, **common)  # type: ignore[arg-type]
+    eight = sim.predict_local(machine, k=8, options=queued, **common)  # type: ignore[arg-type]
+    # Every reader needs an announcement, a plan and a ReportHeld through the hub's one thread.
+    assert one["hub_s"] >= 3 * 0.01
+    assert eight["hub_s"] >= 8 * 3 * 0.01
+    unqueued = sim.predict_local(machine, k=8, options=sim.HubOptions(control_s=0.01), **common)  # type: ignore[arg-type]
+    assert unqueued["hub_s"] < eight["hub_s"]
