@@ -5,6 +5,13 @@ Gradients are summed over ranks after each rank scaled its loss by the *global* 
 so an update is the same for any number of ranks. A non-finite loss or gradient norm is found after
 the all-reduce and before the optimiser step; every rank then skips the step together and it is
 reported, never applied.
+
+An RL step is PPO over one batch: ``ppo_epochs`` passes over ``mini_batch_size`` mini-batches, one
+optimiser step each, every ratio taken against the policy before the batch's first update (the
+behaviour log-probs when the batch was sampled here from those weights, else one no-grad forward).
+One version is published per batch, after its last optimiser step: rollouts only ever sample from
+batch boundaries, and a version per mini-batch would multiply the publishing for no reader.
+The samples of a group share their prompt's forward pass (``completion_logits``).
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import logging
 import math
 import os
 import random
+import statistics
 import time
 import zlib
 from collections.abc import Callable, Sequence
@@ -23,7 +31,11 @@ from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
+from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from services.common.errors import FailedPrecondition, InvalidArgument
 from services.trainer import algorithms as alg
@@ -37,6 +49,8 @@ _tracer = trace.get_tracer(__name__)
 
 CHECKPOINT_FORMAT = 1
 DYNAMIC_SAMPLING_MAX_ROUNDS = 4
+MAX_SPAN_LINKS = 32
+"""Links of one ``trainer.rl_step`` span to the traces of its batch (rollouts and the collection)."""
 
 
 @dataclass
@@ -58,6 +72,8 @@ class TrainSample:
     """Population std of the group's rewards, with ``group_mean``."""
     version: int = 0
     """Oldest weight version that produced a token of it."""
+    metadata: dict[str, str] = field(default_factory=dict)
+    """The sample's metadata; ``traceparent`` (W3C) is the trace of the rollout that produced it."""
 
 
 def check_samples(samples: Sequence[TrainSample]) -> None:
@@ -198,41 +214,166 @@ def _seeded(*parts: object) -> torch.Generator:
 
 
 @dataclass
-class _Batch:
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    positions: torch.Tensor
-    """(B, T) logit position predicting each completion token."""
+class _Packed:
+    """A batch with each distinct prompt stored once, so the samples of a group share its forward pass.
+
+    Prompts are left-padded (``G`` rows, width ``P``), completions right-padded (``B`` rows, ``T``
+    positions); the logits of completion token ``t`` come from the prompt's last position (t = 0) or
+    from completion token ``t - 1``, so only the first ``T - 1`` completion tokens are fed.
+    """
+
+    prompt_ids: torch.Tensor
+    """(G, P) distinct prompts, left-padded."""
+    prompt_mask: torch.Tensor
+    """(G, P) 1 on real prompt tokens."""
+    prompt_positions: torch.Tensor
+    """(G, P) position ids (0 at each prompt's first token)."""
+    owner: torch.Tensor
+    """(B,) row of ``prompt_ids`` each sample continues."""
+    completion_in: torch.Tensor
+    """(B, T - 1) completion tokens fed after the prompt."""
+    completion_mask: torch.Tensor
+    """(B, T - 1) 1 on real fed tokens."""
     targets: torch.Tensor
+    """(B, T) completion tokens (the labels)."""
     mask: torch.Tensor
+    """(B, T) 1.0 on real completion tokens."""
     behaviour: torch.Tensor
+    """(B, T) behaviour log-probabilities."""
+
+    @property
+    def shares_prompts(self) -> bool:
+        return self.prompt_ids.shape[0] < self.targets.shape[0]
+
+    def joined(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(input ids, attention mask, position ids) of every sample as one sequence (B, P + T - 1)."""
+        t = self.completion_in.shape[1]
+        after = self.prompt_positions[self.owner, -1:] + 1 + torch.arange(t, device=self.owner.device)[None, :]
+        return (
+            torch.cat([self.prompt_ids[self.owner], self.completion_in], dim=1),
+            torch.cat([self.prompt_mask[self.owner], self.completion_mask], dim=1),
+            torch.cat([self.prompt_positions[self.owner], after], dim=1),
+        )
 
 
-def _collate(samples: Sequence[TrainSample], pad_id: int, device: torch.device) -> _Batch:
-    width = max(len(s.prompt_ids) + len(s.completion_ids) for s in samples)
+def _pack(samples: Sequence[TrainSample], pad_id: int, device: torch.device) -> _Packed:
+    rows: dict[tuple[int, ...], int] = {}
+    owner = [rows.setdefault(tuple(s.prompt_ids), len(rows)) for s in samples]
+    width = max(len(p) for p in rows)
     tmax = max(len(s.completion_ids) for s in samples)
-    b = len(samples)
-    ids = torch.full((b, width), pad_id, dtype=torch.long)
-    attn = torch.zeros((b, width), dtype=torch.long)
-    pos = torch.zeros((b, tmax), dtype=torch.long)
-    tgt = torch.full((b, tmax), pad_id, dtype=torch.long)
-    mask = torch.zeros((b, tmax))
-    beh = torch.zeros((b, tmax))
-    for i, s in enumerate(samples):
-        seq = list(s.prompt_ids) + list(s.completion_ids)
-        ids[i, : len(seq)] = torch.tensor(seq)
-        attn[i, : len(seq)] = 1
-        n = len(s.completion_ids)
-        pos[i, :n] = torch.arange(len(s.prompt_ids) - 1, len(s.prompt_ids) - 1 + n)
-        tgt[i, :n] = torch.tensor(s.completion_ids)
-        mask[i, :n] = 1.0
-        beh[i, :n] = torch.tensor(s.behaviour_logprobs)
-    return _Batch(ids.to(device), attn.to(device), pos.to(device), tgt.to(device), mask.to(device), beh.to(device))
+    prompt_ids = [[pad_id] * (width - len(p)) + list(p) for p in rows]
+    prompt_mask = [[0] * (width - len(p)) + [1] * len(p) for p in rows]
+    targets = [list(s.completion_ids) + [pad_id] * (tmax - len(s.completion_ids)) for s in samples]
+    mask = [[1.0] * len(s.completion_ids) + [0.0] * (tmax - len(s.completion_ids)) for s in samples]
+    behaviour = [list(s.behaviour_logprobs) + [0.0] * (tmax - len(s.completion_ids)) for s in samples]
+    pm = torch.tensor(prompt_mask, dtype=torch.long)
+    tg = torch.tensor(targets, dtype=torch.long)
+    mk = torch.tensor(mask)
+    return _Packed(
+        prompt_ids=torch.tensor(prompt_ids, dtype=torch.long).to(device),
+        prompt_mask=pm.to(device),
+        prompt_positions=(pm.cumsum(-1) - 1).clamp(min=0).to(device),
+        owner=torch.tensor(owner, dtype=torch.long).to(device),
+        completion_in=tg[:, :-1].to(device),
+        completion_mask=mk[:, 1:].long().to(device),
+        targets=tg.to(device),
+        mask=mk.to(device),
+        behaviour=torch.tensor(behaviour).to(device),
+    )
 
 
-def _gather_logits(logits: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    rows = torch.arange(logits.shape[0], device=logits.device)[:, None]
-    return logits[rows, positions]
+def _length_buckets(fed: torch.Tensor, cache: Any) -> list[tuple[torch.Tensor, int]]:
+    """(rows, fed width) of the completions' forward: all rows at the longest width, or, when that
+    pads more than a quarter of the fed tokens away, the rows up to the best split width apart."""
+    rows = torch.arange(len(fed), device=fed.device)
+    longest = int(fed.max())
+    everything = [(rows, longest)]
+    if not isinstance(cache, DynamicCache) or any(type(la) is not DynamicLayer for la in cache.layers):
+        return everything
+    counts = torch.bincount(fed.cpu(), minlength=longest + 1).tolist()
+    best, split = len(fed) * longest, longest
+    at_most = 0
+    for width in range(longest):
+        at_most += counts[width]
+        cost = at_most * width + (len(fed) - at_most) * longest
+        if cost < best:
+            best, split = cost, width
+    if best > 0.75 * len(fed) * longest or split == longest:
+        return everything
+    short = fed <= split
+    return [(rows[short], split), (rows[~short], longest)]
+
+
+def completion_logits(model: torch.nn.Module, batch: _Packed) -> torch.Tensor:
+    """(B, T, vocab) float logits predicting each completion token.
+
+    When samples share prompts (the group of GRPO), each distinct prompt runs once and its keys and
+    values are selected into every sample of the group; the completions then run against that cache,
+    in two length buckets when one width would pad away more than a quarter of the fed tokens. The
+    prompt rows' gradients are those of running each sample in full: they sum over the group.
+    """
+    t = batch.targets.shape[1]
+    if not batch.shares_prompts:
+        ids, attention, positions = batch.joined()
+        out = model(input_ids=ids, attention_mask=attention, position_ids=positions, logits_to_keep=t)
+        return out.logits.float()  # type: ignore[no-any-return]
+    out = model(
+        input_ids=batch.prompt_ids,
+        attention_mask=batch.prompt_mask,
+        position_ids=batch.prompt_positions,
+        use_cache=t > 1,
+        logits_to_keep=1,
+    )
+    first = out.logits[:, -1].float()[batch.owner][:, None]
+    if t == 1:
+        return first  # type: ignore[no-any-return]
+    _, attention, positions = batch.joined()
+    width = batch.prompt_ids.shape[1]
+    prompt_cache = out.cache
+    pieces: list[torch.Tensor] = []
+    order: list[torch.Tensor] = []
+    for rows, fed in _length_buckets(batch.completion_mask.sum(dim=1), prompt_cache):
+        if len(order) == 0 and fed == t - 1 and len(rows) == len(batch.owner):
+            cache = prompt_cache
+            cache.batch_select_indices(batch.owner)
+        elif fed == 0:  # completions of one token: everything they predict comes from the prompt
+            pieces.append(first.new_zeros((len(rows), t - 1, first.shape[-1])))
+            order.append(rows)
+            continue
+        else:
+            owners = batch.owner[rows]
+            cache = DynamicCache(ddp_cache_data=[(la.keys[owners], la.values[owners]) for la in prompt_cache.layers])
+        piece = model(
+            input_ids=batch.completion_in[rows, :fed],
+            attention_mask=attention[rows, : width + fed],
+            position_ids=positions[rows, width : width + fed],
+            cache=cache,
+            use_cache=True,
+        ).logits.float()
+        pieces.append(torch.nn.functional.pad(piece, (0, 0, 0, t - 1 - fed)))
+        order.append(rows)
+    rest = torch.cat(pieces)
+    if len(pieces) > 1:
+        rest = rest[torch.argsort(torch.cat(order))]
+    return torch.cat([first, rest], dim=1)
+
+
+@dataclass
+class _Prepared:
+    """A batch and what stays fixed over its PPO epochs, row-aligned with the batch's samples."""
+
+    batch: _Packed
+    rewards: torch.Tensor
+    """(B,) shaped rewards."""
+    advantages: torch.Tensor
+    """(B,) per sample (GRPO, DAPO) or (B, T) per token (VAPO)."""
+    returns: torch.Tensor | None
+    """(B, T) value targets (VAPO)."""
+    old: torch.Tensor | None
+    """(B, T) log-probs of the policy before the batch's first update; None for a single pass, which
+    takes them from its own forward (ratio 1)."""
+    reference: torch.Tensor | None
+    """(B, T) log-probs of the KL reference."""
 
 
 @dataclass
@@ -332,10 +473,6 @@ class Engine:
         optimizer.zero_grad(set_to_none=True)
         return True, norm, ""
 
-    def _completion_logits(self, model: torch.nn.Module, batch: _Batch) -> torch.Tensor:
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-        return _gather_logits(logits, batch.positions).float()
-
     # ----- supervised -----
 
     def sft_step(self, optimizer: torch.optim.Optimizer, batch_size: int) -> float:
@@ -355,10 +492,10 @@ class Engine:
         ]
         for s in samples:
             s.behaviour_logprobs = [0.0] * len(s.completion_ids)
-        batch = _collate(samples, self.tokenizer.pad_id, self.device)
+        batch = _pack(samples, self.tokenizer.pad_id, self.device)
         num_tokens = self.comm.sum_floats([float(batch.mask.sum())])[0]
         self.model.train()
-        logp = torch.log_softmax(self._completion_logits(self.model, batch), dim=-1)
+        logp = torch.log_softmax(completion_logits(self.model, batch), dim=-1)
         nll = -logp.gather(-1, batch.targets[..., None]).squeeze(-1) * batch.mask
         loss = nll.sum() / num_tokens
         loss.backward()
@@ -493,12 +630,49 @@ class Engine:
                 break
         return kept
 
-    def rl_step(self) -> dict[str, float]:
-        """Collect a batch, compute the loss, check it, step; returns the step's metrics."""
-        t0 = time.monotonic()
+    def collect_batch(self) -> list[TrainSample]:
+        """This rank's share of the next batch: from the feed (data plane) or generated here; checked."""
         samples = self.feed.collect(self, self.step) if self.feed is not None else self.collect_colocated(self.step)
         check_samples(samples)
+        return samples
+
+    def rl_step(self) -> dict[str, float]:
+        """Collect a batch, compute the loss, check it, step (no version published); returns the step's metrics."""
+        t0 = time.monotonic()
+        samples = self.collect_batch()
+        return self._learn(samples, t0, time.monotonic())
+
+    def advance(self, samples: Sequence[TrainSample] | None = None) -> dict[str, float]:
+        """One RL step as a run takes it: the batch (collected unless given), the update and, when it was
+        applied, the next version published; returns the step's metrics.
+
+        The span ``trainer.rl_step`` continues the trace of the rollout that produced the batch (the
+        first sample's ``traceparent``) and links the other samples' traces (at most ``MAX_SPAN_LINKS``);
+        the weight hub's Publish runs inside it and so joins that trace. Collecting the batch (NextBatch,
+        or generation here) has its own span ``trainer.collect_batch``, linked from the step's; when no
+        sample carries a trace, the step's span is that span's child, so a colocated step is one trace.
+        """
+        t0 = time.monotonic()
+        if samples is None:
+            with _tracer.start_as_current_span("trainer.collect_batch", attributes={"rl.step": self.step + 1}) as span:
+                samples = self.collect_batch()
+                collected = span.get_span_context()
+        else:
+            check_samples(samples)
+            collected = None
         t1 = time.monotonic()
+        parent, links = _rollout_traces(samples, collected)
+        with _tracer.start_as_current_span(
+            "trainer.rl_step", context=parent, links=links, attributes={"rl.step": self.step + 1}
+        ) as span:
+            metrics = self._learn(samples, t0, t1)
+            self.step += 1
+            metrics["publish_s"] = self.publish() if metrics["applied"] else 0.0
+            span.set_attribute("rl.version", self.version)
+            span.set_attribute("rl.applied", bool(metrics["applied"]))
+        return metrics
+
+    def _learn(self, samples: Sequence[TrainSample], t0: float, t1: float) -> dict[str, float]:
         metrics = self.train_on(samples)
         metrics.update(self._staleness(samples))
         metrics["data_wait_s"] = t1 - t0
@@ -534,96 +708,204 @@ class Engine:
         return alg.grpo_advantages(rewards, [s.group_id for s in samples])
 
     def train_on(self, samples: Sequence[TrainSample]) -> dict[str, float]:
-        """One RL optimiser step on this rank's share (possibly empty) of the global batch."""
-        spec, pl = self.spec, self.spec.policy_loss
-        algorithm = spec.algorithm
-        token_level = pl.token_level_loss or algorithm in ("dapo", "vapo")
+        """PPO on this rank's share (possibly empty) of the global batch: ``ppo_epochs`` passes over
+        shuffled mini-batches, one optimiser step each; every rank takes the same number of steps."""
+        spec = self.spec
+        token_level = spec.policy_loss.token_level_loss or spec.algorithm in ("dapo", "vapo")
         n_tok_local = float(sum(len(s.completion_ids) for s in samples))
         n_tok, n_smp = self.comm.sum_floats([n_tok_local, float(len(samples))])
-        denominator = max(n_tok if token_level else n_smp, 1.0)
-        pretraining_value = algorithm == "vapo" and self.step < spec.vapo.value_pretrain_steps
-        stats = torch.zeros(10, dtype=torch.float64)  # sums: reward, pg, value, kl, ent, clip, mismatch, tokens
+        pretraining_value = spec.algorithm == "vapo" and self.step < spec.vapo.value_pretrain_steps
+        num_minibatches = max(1, math.ceil(n_smp / spec.mini_batch_size)) if spec.mini_batch_size else 1
+        single_pass = spec.ppo_epochs == 1 and num_minibatches == 1
         t_fb = time.monotonic()
-        loss_total = torch.zeros(())
-        if samples:
-            self.model.train()
-            batch = _collate(samples, self.tokenizer.pad_id, self.device)
-            rewards = self._rewards(samples).to(self.device)
-            logits = self._completion_logits(self.model, batch)
-            logp_all = torch.log_softmax(logits, dim=-1)
-            logp = logp_all.gather(-1, batch.targets[..., None]).squeeze(-1)
-            proximal = logp.detach()
-            mask = batch.mask
-            weights = alg.truncated_importance_weights(proximal, batch.behaviour, pl.max_importance_weight)
-            value_loss = torch.zeros(())
-            if algorithm == "vapo":
-                assert self.value_model is not None
-                v = spec.vapo
-                self.value_model.train()
-                values = _gather_logits(
-                    self.value_model(batch.input_ids, batch.attention_mask)[..., None], batch.positions
-                ).squeeze(-1)
-                lengths = mask.sum(dim=1)
-                token_rewards = torch.zeros_like(mask)
-                token_rewards[torch.arange(len(samples)), (lengths - 1).long()] = rewards
-                _, returns = alg.gae(token_rewards, values.detach(), mask, v.discount, v.gae_lambda_critic)
-                lam = (
-                    alg.length_adaptive_lambda(lengths, v.length_adaptive_alpha)
-                    if v.length_adaptive_alpha > 0
-                    else torch.full_like(lengths, v.gae_lambda_policy)
-                )
-                advantages, _ = alg.gae(token_rewards, values.detach(), mask, v.discount, lam)
-                value_loss = alg.aggregate(0.5 * (values - returns) ** 2 * mask, mask, True, max(n_tok, 1.0))
-            else:
-                advantages = self._advantages(samples, rewards).to(self.device)
-            terms = alg.clipped_policy_loss(
-                logp, proximal, advantages, mask, pl.clip_epsilon_low, pl.clip_epsilon_high, weights
-            )
-            pg_loss = alg.aggregate(terms.loss, mask, token_level, denominator)
-            entropy = alg.entropy_from_logits(logits) * mask
-            loss = pg_loss
-            if pl.entropy_coef:
-                loss = loss - pl.entropy_coef * alg.aggregate(entropy, mask, token_level, denominator)
-            kl_sum = 0.0
-            if pl.kl_coef and self.reference is not None:
-                with torch.no_grad():
-                    ref_logp = torch.log_softmax(self._completion_logits(self.reference, batch), -1)
-                    ref_logp = ref_logp.gather(-1, batch.targets[..., None]).squeeze(-1)
-                kl = alg.kl_k3(logp, ref_logp) * mask
-                loss = loss + pl.kl_coef * alg.aggregate(kl, mask, token_level, denominator)
-                kl_sum = float(kl.sum())
-            if algorithm == "vapo" and spec.vapo.positive_lm_loss_coef:
-                lm = alg.positive_lm_loss(logp, mask, torch.tensor([s.reward for s in samples]))
-                loss = loss + spec.vapo.positive_lm_loss_coef * alg.aggregate(lm, mask, True, max(n_tok, 1.0))
-            if pretraining_value:
-                loss = loss * 0.0
-            (loss + value_loss).backward()
-            loss_total = loss.detach() + value_loss.detach()
-            stats += torch.tensor(
-                [
-                    float(torch.tensor([s.reward for s in samples]).sum()),
-                    pg_loss.item(),
-                    value_loss.item(),
-                    kl_sum,
-                    float(entropy.detach().sum()),
-                    float(terms.clipped.sum()),
-                    float(((proximal - batch.behaviour).abs() * mask).sum()),
-                    n_tok_local,
-                    float(len(samples)),
-                    float(sum(int(not s.finished) for s in samples)),
-                ],
-                dtype=torch.float64,
-            )
-        sums = self.comm.sum_(stats)
-        if self.poison_next_loss:
-            loss_total, self.poison_next_loss = torch.tensor(math.nan), False
-        loss_value = self.comm.sum_floats([float(loss_total)])[0]
-        self.times.forward_backward_s = time.monotonic() - t_fb
-        t_opt = time.monotonic()
+        prepared = self._prepare(samples, single_pass) if samples else None
+        # sums over passes: pg loss, value loss, kl, entropy, clipped, mismatch, tokens seen
+        stats = torch.zeros(7, dtype=torch.float64)
+        optimizer_s = 0.0
+        norms: list[float] = []
+        applied, reason = True, ""
         policy_params = [p for p in self.model.parameters() if p.requires_grad]
-        norm = 0.0
-        applied = True
-        reason = ""
+        for epoch in range(spec.ppo_epochs):
+            shuffle = _seeded(spec.seed, "minibatch", self.step, epoch, self.comm.rank)
+            num = len(samples)
+            order = torch.randperm(num, generator=shuffle) if num_minibatches > 1 else torch.arange(num)
+            for rows in torch.tensor_split(order, num_minibatches):
+                rows = rows.sort().values
+                if single_pass:
+                    mb_tok, mb_smp = n_tok, n_smp
+                else:
+                    mb_tok_local = float(sum(len(samples[i].completion_ids) for i in rows.tolist()))
+                    mb_tok, mb_smp = self.comm.sum_floats([mb_tok_local, float(len(rows))])
+                denominator = max(mb_tok if token_level else mb_smp, 1.0)
+                loss_total = torch.zeros(())
+                if len(rows) and prepared is not None:
+                    loss, value_loss, part = self._minibatch_loss(
+                        samples, rows, prepared, token_level, denominator, max(mb_tok, 1.0)
+                    )
+                    if pretraining_value:
+                        loss = loss * 0.0
+                    (loss + value_loss).backward()
+                    loss_total = loss.detach() + value_loss.detach()
+                    stats += part
+                if self.poison_next_loss:
+                    loss_total, self.poison_next_loss = torch.tensor(math.nan), False
+                loss_value = self.comm.sum_floats([float(loss_total)])[0]
+                t_opt = time.monotonic()
+                applied, norm, reason = self._optimizer_steps(policy_params, loss_value, pretraining_value)
+                optimizer_s += time.monotonic() - t_opt
+                norms.append(norm)
+                if not applied:
+                    break
+            if not applied:
+                break
+        sums = self.comm.sum_(stats)
+        reward_sums = self.comm.sum_floats(
+            [sum(s.reward for s in samples), float(sum(int(not s.finished) for s in samples))]
+        )
+        self.times.optimizer_s = optimizer_s
+        self.times.forward_backward_s = time.monotonic() - t_fb - optimizer_s
+        if not applied:
+            self.num_skipped += 1
+            self.reporter.skipped(self.step, reason)
+        num_steps = max(len(norms), 1)
+        seen = max(float(sums[6]), 1.0)
+        return {
+            "reward_mean": reward_sums[0] / max(n_smp, 1.0),
+            "policy_loss": float(sums[0]) / num_steps,
+            "value_loss": float(sums[1]) / num_steps,
+            "kl": float(sums[2]) / seen,
+            "entropy": float(sums[3]) / seen,
+            "clip_fraction": float(sums[4]) / seen,
+            "logprob_mismatch": float(sums[5]) / seen,
+            "grad_norm": statistics.fmean(norms) if norms else 0.0,
+            "num_tokens": n_tok,
+            "num_samples": n_smp,
+            "num_optimizer_steps": float(len(norms)),
+            "truncated_fraction": reward_sums[1] / max(n_smp, 1.0),
+            "forward_backward_s": self.times.forward_backward_s,
+            "optimizer_s": self.times.optimizer_s,
+            "applied": float(applied),
+        }
+
+    def _on_policy(self, samples: Sequence[TrainSample]) -> bool:
+        """True when the behaviour log-probs are the current policy's own: sampled here, at temperature 1,
+        from the weights about to be trained (so they serve as the old log-probs without a forward)."""
+        r = self.spec.rollout
+        return r.colocated and r.temperature == 1.0 and all(s.version == self.version for s in samples)
+
+    def _prepare(self, samples: Sequence[TrainSample], single_pass: bool) -> _Prepared:
+        """What stays fixed over a batch's epochs: rewards, advantages, value targets, old and reference log-probs."""
+        spec = self.spec
+        batch = _pack(samples, self.tokenizer.pad_id, self.device)
+        rewards = self._rewards(samples).to(self.device)
+        returns: torch.Tensor | None = None
+        if spec.algorithm == "vapo":
+            assert self.value_model is not None
+            v = spec.vapo
+            mask = batch.mask
+            with torch.no_grad():
+                values = self._values(batch)
+            lengths = mask.sum(dim=1)
+            token_rewards = torch.zeros_like(mask)
+            token_rewards[torch.arange(len(samples)), (lengths - 1).long()] = rewards
+            _, returns = alg.gae(token_rewards, values, mask, v.discount, v.gae_lambda_critic)
+            lam = (
+                alg.length_adaptive_lambda(lengths, v.length_adaptive_alpha)
+                if v.length_adaptive_alpha > 0
+                else torch.full_like(lengths, v.gae_lambda_policy)
+            )
+            advantages, _ = alg.gae(token_rewards, values, mask, v.discount, lam)
+        else:
+            advantages = self._advantages(samples, rewards).to(self.device)
+        old: torch.Tensor | None = None
+        if not single_pass:
+            if self._on_policy(samples):
+                old = batch.behaviour
+            else:
+                with torch.no_grad():
+                    old = self._token_logprobs(self.model, batch)
+        reference: torch.Tensor | None = None
+        if spec.policy_loss.kl_coef and self.reference is not None:
+            with torch.no_grad():
+                reference = self._token_logprobs(self.reference, batch)
+        return _Prepared(batch, rewards, advantages, returns, old, reference)
+
+    def _values(self, batch: _Packed) -> torch.Tensor:
+        assert self.value_model is not None
+        ids, attention, positions = batch.joined()
+        return self.value_model(ids, attention, positions)[:, -batch.targets.shape[1] :]  # type: ignore[no-any-return]
+
+    def _token_logprobs(self, model: torch.nn.Module, batch: _Packed) -> torch.Tensor:
+        logp = torch.log_softmax(completion_logits(model, batch), dim=-1)
+        return logp.gather(-1, batch.targets[..., None]).squeeze(-1)
+
+    def _minibatch_loss(
+        self,
+        samples: Sequence[TrainSample],
+        rows: torch.Tensor,
+        pre: _Prepared,
+        token_level: bool,
+        denominator: float,
+        num_tokens: float,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(policy loss, value loss, stats) of the samples ``rows`` of the prepared batch."""
+        spec, pl = self.spec, self.spec.policy_loss
+        whole = len(rows) == len(samples)
+        batch = pre.batch if whole else _pack([samples[i] for i in rows.tolist()], self.tokenizer.pad_id, self.device)
+        t = batch.targets.shape[1]
+
+        def pick(x: torch.Tensor) -> torch.Tensor:
+            x = x if whole else x[rows.to(x.device)]
+            return x[:, :t] if x.dim() == 2 else x
+
+        mask = batch.mask
+        self.model.train()
+        logits = completion_logits(self.model, batch)
+        logp = torch.log_softmax(logits, dim=-1).gather(-1, batch.targets[..., None]).squeeze(-1)
+        old = logp.detach() if pre.old is None else pick(pre.old)
+        weights = alg.truncated_importance_weights(old, batch.behaviour, pl.max_importance_weight)
+        terms = alg.clipped_policy_loss(
+            logp, old, pick(pre.advantages), mask, pl.clip_epsilon_low, pl.clip_epsilon_high, weights
+        )
+        pg_loss = alg.aggregate(terms.loss, mask, token_level, denominator)
+        entropy = alg.entropy_from_logits(logits if pl.entropy_coef else logits.detach()) * mask
+        loss = pg_loss
+        if pl.entropy_coef:
+            loss = loss - pl.entropy_coef * alg.aggregate(entropy, mask, token_level, denominator)
+        kl_sum = 0.0
+        if pre.reference is not None:
+            kl = alg.kl_k3(logp, pick(pre.reference)) * mask
+            loss = loss + pl.kl_coef * alg.aggregate(kl, mask, token_level, denominator)
+            kl_sum = float(kl.detach().sum())
+        value_loss = torch.zeros(())
+        if spec.algorithm == "vapo":
+            assert self.value_model is not None and pre.returns is not None
+            self.value_model.train()
+            values = self._values(batch)
+            value_loss = alg.aggregate(0.5 * (values - pick(pre.returns)) ** 2 * mask, mask, True, num_tokens)
+            if spec.vapo.positive_lm_loss_coef:
+                lm = alg.positive_lm_loss(logp, mask, pick(pre.rewards))
+                loss = loss + spec.vapo.positive_lm_loss_coef * alg.aggregate(lm, mask, True, num_tokens)
+        part = torch.tensor(
+            [
+                pg_loss.item(),
+                value_loss.item(),
+                kl_sum,
+                float(entropy.detach().sum()),
+                float(terms.clipped.sum()),
+                float(((old - batch.behaviour).abs() * mask).sum()),
+                float(mask.sum()),
+            ],
+            dtype=torch.float64,
+        )
+        return loss, value_loss, part
+
+    def _optimizer_steps(
+        self, policy_params: list[torch.nn.Parameter], loss_value: float, pretraining_value: bool
+    ) -> tuple[bool, float, str]:
+        """Value model then policy (not while the value model pre-trains); (applied, grad norm, reason)."""
+        spec = self.spec
+        applied, norm, reason = True, 0.0, ""
         if self.value_model is not None and self.value_optimizer is not None:
             vparams = list(self.value_model.parameters())
             applied, _, reason = self._finite_step(self.value_optimizer, vparams, loss_value, "value loss")
@@ -633,27 +915,7 @@ class Engine:
             applied, norm, reason = self._finite_step(self.optimizer, policy_params, loss_value, "policy loss")
         else:
             self.optimizer.zero_grad(set_to_none=True)
-        self.times.optimizer_s = time.monotonic() - t_opt
-        if not applied:
-            self.num_skipped += 1
-            self.reporter.skipped(self.step, reason)
-        tokens = max(float(sums[7]), 1.0)
-        return {
-            "reward_mean": float(sums[0]) / max(float(sums[8]), 1.0),
-            "policy_loss": float(sums[1]),
-            "value_loss": float(sums[2]),
-            "kl": float(sums[3]) / tokens,
-            "entropy": float(sums[4]) / tokens,
-            "clip_fraction": float(sums[5]) / tokens,
-            "logprob_mismatch": float(sums[6]) / tokens,
-            "grad_norm": norm,
-            "num_tokens": float(sums[7]),
-            "num_samples": float(sums[8]),
-            "truncated_fraction": float(sums[9]) / max(float(sums[8]), 1.0),
-            "forward_backward_s": self.times.forward_backward_s,
-            "optimizer_s": self.times.optimizer_s,
-            "applied": float(applied),
-        }
+        return applied, norm, reason
 
     # ----- versions, checkpoints -----
 
@@ -781,15 +1043,7 @@ class Engine:
                     end_state = "STOPPED"
                     self.reporter.state("STOPPING")
                 break
-            # One span per RL step: NextBatch (data plane) and Publish (weight hub) join its trace.
-            with _tracer.start_as_current_span("trainer.rl_step", attributes={"rl.step": self.step + 1}) as span:
-                metrics = self.rl_step()
-                self.step += 1
-                if metrics["applied"]:
-                    metrics["publish_s"] = self.publish()
-                else:
-                    metrics["publish_s"] = 0.0
-                span.set_attribute("rl.version", self.version)
+            metrics = self.advance()
             self.reporter.step(self.step, metrics)
             if on_step is not None:
                 on_step(self.step, metrics)
@@ -815,6 +1069,37 @@ class Engine:
         accuracy, n = self.evaluate()
         self.reporter.evaluation(self.step, accuracy, n)
         return accuracy
+
+
+def _rollout_traces(
+    samples: Sequence[TrainSample], collected: trace.SpanContext | None
+) -> tuple[otel_context.Context | None, list[trace.Link]]:
+    """(parent context, links) of an RL step's span: the first traced sample's rollout as the parent,
+    the other distinct rollout traces and the batch collection as links (``MAX_SPAN_LINKS`` at most)."""
+    propagator = TraceContextTextMapPropagator()
+    parent: otel_context.Context | None = None
+    seen: set[tuple[int, int]] = set()
+    links: list[trace.Link] = []
+    for s in samples:
+        carrier = s.metadata.get("traceparent")
+        if not carrier:
+            continue
+        ctx = propagator.extract({"traceparent": carrier})
+        span_context = trace.get_current_span(ctx).get_span_context()
+        key = (span_context.trace_id, span_context.span_id)
+        if not span_context.is_valid or key in seen:
+            continue
+        seen.add(key)
+        if parent is None:
+            parent = ctx
+        elif len(links) < MAX_SPAN_LINKS - 1:
+            links.append(trace.Link(span_context, {"link.kind": "rollout"}))
+    if collected is not None and collected.is_valid:
+        if parent is None:
+            parent = trace.set_span_in_context(trace.NonRecordingSpan(collected))
+        else:
+            links.append(trace.Link(collected, {"link.kind": "collect_batch"}))
+    return parent, links
 
 
 def _check_state(where: str, what: str, expected: dict[str, torch.Tensor], got: Any) -> None:

@@ -242,6 +242,7 @@ class DataPlaneFeed:
                     group_mean=float(meta["group_reward_mean"]) if "group_reward_mean" in meta else None,
                     group_std=float(meta["group_reward_std"]) if "group_reward_std" in meta else None,
                     version=min((v.weight_version for v in s.version_spans), default=0),
+                    metadata=dict(meta),
                 )
             )
         return out

@@ -209,6 +209,12 @@ class RunSpec:
     """host:port of the weight hub (filled in by the service from the registry)."""
     publish_bind_host: str = "0.0.0.0"
     """Address the ranks' publishers serve weight reads on (filled in by the service from its config)."""
+    ppo_epochs: int = 1
+    """Passes over each batch; every pass after the first (and every mini-batch after the first) takes
+    its PPO ratio against the policy that existed before the batch's first update, so clipping bites."""
+    mini_batch_size: int = 0
+    """Samples per optimiser step over all ranks (a batch is split into ceil(batch / this) shuffled
+    mini-batches per epoch); 0 for the whole batch. One version is published per batch, not per step."""
     rollout: RolloutConf = field(default_factory=RolloutConf)
     """Colocated generation."""
     optimizer: OptimizerConf = field(default_factory=OptimizerConf)
@@ -233,6 +239,21 @@ class RunSpec:
         _check(self.num_steps >= 0, "num_steps", self.num_steps, "must be >= 0")
         _finite("time_budget_s", self.time_budget_s, 0.0)
         _check(1 <= self.num_threads <= 256, "num_threads", self.num_threads, "must be in 1..256")
+        _check(1 <= self.ppo_epochs <= 64, "ppo_epochs", self.ppo_epochs, "must be in 1..64")
+        _check(
+            self.mini_batch_size == 0 or self.num_ranks <= self.mini_batch_size <= 1_000_000,
+            "mini_batch_size",
+            self.mini_batch_size,
+            f"must be 0 (the whole batch) or in num_ranks ({self.num_ranks})..1000000",
+        )
+        if not self.dataplane_plan_id:
+            batch = self.rollout.prompts_per_step * self.rollout.group_size
+            _check(
+                self.mini_batch_size <= batch,
+                "mini_batch_size",
+                self.mini_batch_size,
+                f"must be <= the batch of rollout.prompts_per_step x rollout.group_size ({batch})",
+            )
         _check(self.model.tokenizer in ("", "char"), "model.tokenizer", self.model.tokenizer, "only 'char' is built in")
         r = self.rollout
         _check(
@@ -300,8 +321,12 @@ class RunSpec:
         _check(self.checkpoint.every_steps >= 0, "checkpoint.every_steps", self.checkpoint.every_steps, "must be >= 0")
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able form."""
-        return dataclasses.asdict(self)
+        """Plain JSON-able form; fields the RunConfig proto does not carry yet are left out at their defaults."""
+        data = dataclasses.asdict(self)
+        for name, default in _NOT_IN_PROTO_YET.items():
+            if data[name] == default:
+                del data[name]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunSpec:
@@ -311,6 +336,11 @@ class RunSpec:
     def replace(self, **changes: Any) -> RunSpec:
         """A copy with top-level fields changed."""
         return dataclasses.replace(self, **changes)
+
+
+# The service turns ``to_dict`` into a RunConfig message, which refuses unknown fields: these new ones
+# stay out of it at their defaults until the proto carries them.
+_NOT_IN_PROTO_YET: dict[str, Any] = {"ppo_epochs": 1, "mini_batch_size": 0}
 
 
 def build_dataclass(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
