@@ -15,7 +15,9 @@ thread stuck in one place still beats (liveness) while its step stands still (no
 process frozen whole (SIGSTOP, the GIL held) goes silent. Reports queue in a bounded buffer: when
 the controller is away, the oldest are dropped and counted, never buffered without bound. Under a
 sidecar (``SEEDSTACK_ROBUSTNESS_AGENT_ID`` set) the agent reports under the sidecar's id and
-``faulthandler`` dumps every thread's stack to the sidecar's file on SIGUSR1.
+``faulthandler`` dumps every thread's stack to the sidecar's file on SIGUSR1. Under a launcher of
+several ranks (``SEEDSTACK_ROBUSTNESS_AGENT_IDS``) each rank takes the id at its RANK, and ``{rank}`` in
+the stack file's name is replaced by the rank.
 """
 
 from __future__ import annotations
@@ -44,6 +46,9 @@ logger = logging.getLogger(__name__)
 
 ENV_ADDRESS = "SEEDSTACK_ROBUSTNESS_ADDRESS"
 ENV_AGENT_ID = "SEEDSTACK_ROBUSTNESS_AGENT_ID"
+ENV_AGENT_IDS = "SEEDSTACK_ROBUSTNESS_AGENT_IDS"
+"""Comma-separated agent ids indexed by RANK: a launcher of several ranks (the trainer service) registers
+each rank's incarnation itself and hands the ids down, so it can report exits and take commands for them."""
 ENV_JOB_ID = "SEEDSTACK_ROBUSTNESS_JOB_ID"
 ENV_STACK_FILE = "SEEDSTACK_ROBUSTNESS_STACK_FILE"
 ENV_HOST = "SEEDSTACK_ROBUSTNESS_HOST"
@@ -102,17 +107,24 @@ class Agent:
         address = env.get(ENV_ADDRESS)
         if not address:
             return None
+        rank = int(env.get("RANK", "0"))
+        agent_id = env.get(ENV_AGENT_ID) or None
+        ids = [i for i in env.get(ENV_AGENT_IDS, "").split(",") if i]
+        if ids:
+            if rank >= len(ids):
+                raise ValueError(f"{ENV_AGENT_IDS} names {len(ids)} agent(s): none for RANK={rank}")
+            agent_id = ids[rank]
         agent = cls(
             address,
             job_id=env.get(ENV_JOB_ID, "default"),
-            rank=int(env.get("RANK", "0")),
+            rank=rank,
             world_size=int(env.get("WORLD_SIZE", "1")),
-            agent_id=env.get(ENV_AGENT_ID) or None,
+            agent_id=agent_id,
             heartbeat_interval_s=float(env[ENV_HEARTBEAT_S]) if env.get(ENV_HEARTBEAT_S) else None,
         )
         stack_file = env.get(ENV_STACK_FILE)
         if stack_file:
-            agent.enable_stack_dumps(stack_file)
+            agent.enable_stack_dumps(stack_file.replace("{rank}", str(rank)))
         return agent
 
     def enable_stack_dumps(self, path: str) -> None:

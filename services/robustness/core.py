@@ -17,6 +17,7 @@ import contextlib
 import json
 import logging
 import math
+import signal
 import time
 import uuid
 from collections import OrderedDict
@@ -197,6 +198,14 @@ class JobState:
         job.budget.load_json(data["budget"])
         job.ettr = EttrTracker.from_json(data["ettr"])
         return job
+
+
+def exit_text(exit_code: int) -> str:
+    """``exited with 1`` or ``was killed by SIGKILL (-9)``."""
+    if exit_code < 0:
+        with contextlib.suppress(ValueError):
+            return f"was killed by {signal.Signals(-exit_code).name} ({exit_code})"
+    return f"exited with {exit_code}"
 
 
 class Controller:
@@ -416,7 +425,7 @@ class Controller:
         agent = self.agent(agent_id)
         job = self.jobs[agent.job_id]
         now = self.clock()
-        agent.last_seen_s = now
+        last_seen_s, agent.last_seen_s = agent.last_seen_s, now
         self._dirty_agents.add(agent_id)
         if isinstance(item, Heartbeat | StepMetrics) and agent.generation != job.generation:
             return False
@@ -425,7 +434,7 @@ class Controller:
         if isinstance(item, StepMetrics):
             return self._on_step(job, agent, item, now)
         if isinstance(item, ProcessExit):
-            await self._on_exit(job, agent, item, now)
+            await self._on_exit(job, agent, item, now, last_seen_s)
         elif isinstance(item, LogMatch):
             self._on_log(job, agent, item, now)
         elif isinstance(item, StackDump | ActionResult):
@@ -490,7 +499,11 @@ class Controller:
         job.ettr.on_step(step, now)
         self._dirty_jobs.add(job.job_id)
 
-    async def _on_exit(self, job: JobState, agent: AgentState, item: ProcessExit, now: float) -> None:
+    async def _on_exit(
+        self, job: JobState, agent: AgentState, item: ProcessExit, now: float, last_seen_s: float
+    ) -> None:
+        """An exit: 0 counts the rank finished, any other code opens a crash incident. Its detection time
+        is the silence since the process was last heard (a launcher reports the exit on its behalf)."""
         agent.exit_code = item.exit_code
         if item.exit_code == 0:
             job.finished_ranks.add(agent.rank)
@@ -502,10 +515,11 @@ class Controller:
             self._open(
                 job,
                 FaultKind.CRASH,
-                f"rank {agent.rank} on {agent.host}: process {agent.pid} exited with {item.exit_code}",
+                f"rank {agent.rank} on {agent.host}: {f'process {agent.pid}' if agent.pid else 'its process'} "
+                f"{exit_text(item.exit_code)}",
                 [agent.rank],
                 now,
-                detection_s=max(0.0, now - agent.last_seen_s),
+                detection_s=max(0.0, now - last_seen_s),
             )
         await self._save_now(job, agent)
 

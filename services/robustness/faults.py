@@ -14,6 +14,7 @@ From outside (``python -m services.robustness.faults KIND ...``):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -55,7 +56,8 @@ class FaultPlan:
         self._armed: ArmedFault | None = None
 
     def due(self, step: int) -> ArmedFault | None:
-        """The fault to fire at ``step`` on this rank, once; None otherwise."""
+        """The fault to fire at ``step`` on this rank, once; None otherwise. Firing disarms the file: a
+        process restarted from a checkpoint before ``step`` does not fire it again."""
         if self.path is not None:
             try:
                 mtime = self.path.stat().st_mtime_ns
@@ -70,6 +72,10 @@ class FaultPlan:
                 self._armed = fault if fault is not None and fault.rank == self.rank else None
         if self._armed is not None and self._armed.step in (-1, step):
             fault, self._armed = self._armed, None
+            if self.path is not None:
+                with contextlib.suppress(OSError):
+                    if self.path.stat().st_mtime_ns == self._seen_mtime_ns:
+                        self.path.unlink()
             return fault
         return None
 

@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 
 from seedstack.common.v1 import common_pb2
@@ -310,37 +310,50 @@ class Sidecar:
             return "none", "no process running"
         if workload.is_stopped():
             return "procfs", f"{STOPPED_MARK} (state T, pid {workload.pid}): it cannot run a dump"
-        spy = shutil.which("py-spy")
-        if spy and workload.pid:
-            proc = await asyncio.create_subprocess_exec(
-                spy,
-                "dump",
-                "--pid",
-                str(workload.pid),
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-            )
-            with contextlib.suppress(TimeoutError):
-                out, _ = await asyncio.wait_for(proc.communicate(), timeout=5.0)
-                if proc.returncode == 0:
-                    return "py-spy", out.decode(errors="replace")
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-        size = self._stack_file.stat().st_size if self._stack_file.exists() else 0
-        try:
-            workload.send_signal(signal.SIGUSR1)
-        except ActuatorError as exc:
-            return "none", f"no dump: {exc}"
-        text = ""
-        for _ in range(100):
-            await asyncio.sleep(0.02)
-            if self._stack_file.exists() and self._stack_file.stat().st_size > size:
-                await asyncio.sleep(0.05)
-                with self._stack_file.open() as f:
-                    f.seek(size)
-                    text = f.read()
-                break
-        return "faulthandler", text or "no dump within 2 s (faulthandler not installed in the process?)"
+        return await dump_process_stacks(workload.pid, self._stack_file, workload.send_signal)
+
+
+async def dump_process_stacks(pid: int, stack_file: Path, send_signal: Callable[[int], None]) -> tuple[str, str]:
+    """(tool, text) of every thread's stack of process ``pid``: py-spy where present, else SIGUSR1 through
+    ``send_signal`` and what ``faulthandler`` appends to ``stack_file`` within 2 s."""
+    spy = shutil.which("py-spy")
+    if spy and pid:
+        proc = await asyncio.create_subprocess_exec(
+            spy,
+            "dump",
+            "--pid",
+            str(pid),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        with contextlib.suppress(TimeoutError):
+            out, _ = await asyncio.wait_for(proc.communicate(), timeout=5.0)
+            if proc.returncode == 0:
+                return "py-spy", out.decode(errors="replace")
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+    size = _size(stack_file)
+    try:
+        send_signal(signal.SIGUSR1)
+    except (ActuatorError, OSError) as exc:
+        return "none", f"no dump: {exc}"
+    text = ""
+    for _ in range(100):
+        await asyncio.sleep(0.02)
+        if _size(stack_file) > size:
+            await asyncio.sleep(0.05)
+            with stack_file.open() as f:
+                f.seek(size)
+                text = f.read()
+            break
+    return "faulthandler", text or "no dump within 2 s (faulthandler not installed in the process?)"
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,6 +25,7 @@ async def create_server(config: TrainerConfig) -> GrpcServer:
         registry.resolve_address,
         stop_timeout_s=config.stop_timeout_s,
         publish_bind_host=config.publish_bind_host,
+        meta=RedisMeta(meta.client, "trainer"),
     )
     server = await create_service_server(
         service_info("trainer"), config, [(trainer_pb2_grpc.add_TrainerServicer_to_server, TrainerServicer(trainer))]

@@ -86,6 +86,8 @@ def run_to_proto(record: RunRecord) -> pb.Run:
         num_skipped_steps=record.num_skipped_steps,
         last_skip_reason=record.last_skip_reason,
         last_checkpoint=record.last_checkpoint,
+        incarnation=record.incarnation,
+        last_restart_reason=str(record.restarts[-1].get("why", "")) if record.restarts else "",
     )
     if record.metrics:
         fields = pb.StepMetrics.DESCRIPTOR.fields_by_name
@@ -121,7 +123,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
         return pb.StartRunResponse(run_id=record.run_id, resolved_config=spec_to_proto(record.spec))
 
     async def GetRun(self, request: pb.GetRunRequest, context: grpc.aio.ServicerContext) -> pb.GetRunResponse:
-        return pb.GetRunResponse(run=run_to_proto(self._trainer.get_run(request.run_id)))
+        return pb.GetRunResponse(run=run_to_proto(await self._trainer.get_run(request.run_id)))
 
     async def StopRun(self, request: pb.StopRunRequest, context: grpc.aio.ServicerContext) -> pb.StopRunResponse:
         record = await self._trainer.stop_run(request.run_id, request.save_checkpoint)

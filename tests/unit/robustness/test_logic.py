@@ -139,6 +139,8 @@ def test_fault_plan_fires_once_on_its_rank_and_step(tmp_path: Path) -> None:
     fired = plan.due(3)
     assert fired is not None and fired.kind == "nan"
     assert plan.due(3) is None
+    # Fired means disarmed: a process restarted from an earlier checkpoint does not fire it again.
+    assert not path.exists() and FaultPlan(path, rank=1).due(3) is None
     with pytest.raises(ValueError, match="kind='melt'"):
         arm(path, ArmedFault("melt", rank=0))
 

@@ -272,7 +272,7 @@ class EvalResult(_message.Message):
     def __init__(self, step: _Optional[int] = ..., evaluated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., accuracy: _Optional[float] = ..., num_prompts: _Optional[int] = ...) -> None: ...
 
 class Run(_message.Message):
-    __slots__ = ("run_id", "state", "config", "step", "published_version", "started_at", "updated_at", "latest_step", "evals", "failure_reason", "num_skipped_steps", "last_skip_reason", "last_checkpoint")
+    __slots__ = ("run_id", "state", "config", "step", "published_version", "started_at", "updated_at", "latest_step", "evals", "failure_reason", "num_skipped_steps", "last_skip_reason", "last_checkpoint", "incarnation", "last_restart_reason")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     CONFIG_FIELD_NUMBER: _ClassVar[int]
@@ -286,6 +286,8 @@ class Run(_message.Message):
     NUM_SKIPPED_STEPS_FIELD_NUMBER: _ClassVar[int]
     LAST_SKIP_REASON_FIELD_NUMBER: _ClassVar[int]
     LAST_CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    LAST_RESTART_REASON_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     state: RunState
     config: RunConfig
@@ -299,7 +301,9 @@ class Run(_message.Message):
     num_skipped_steps: int
     last_skip_reason: str
     last_checkpoint: str
-    def __init__(self, run_id: _Optional[str] = ..., state: _Optional[_Union[RunState, str]] = ..., config: _Optional[_Union[RunConfig, _Mapping]] = ..., step: _Optional[int] = ..., published_version: _Optional[int] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., latest_step: _Optional[_Union[StepMetrics, _Mapping]] = ..., evals: _Optional[_Iterable[_Union[EvalResult, _Mapping]]] = ..., failure_reason: _Optional[str] = ..., num_skipped_steps: _Optional[int] = ..., last_skip_reason: _Optional[str] = ..., last_checkpoint: _Optional[str] = ...) -> None: ...
+    incarnation: int
+    last_restart_reason: str
+    def __init__(self, run_id: _Optional[str] = ..., state: _Optional[_Union[RunState, str]] = ..., config: _Optional[_Union[RunConfig, _Mapping]] = ..., step: _Optional[int] = ..., published_version: _Optional[int] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., latest_step: _Optional[_Union[StepMetrics, _Mapping]] = ..., evals: _Optional[_Iterable[_Union[EvalResult, _Mapping]]] = ..., failure_reason: _Optional[str] = ..., num_skipped_steps: _Optional[int] = ..., last_skip_reason: _Optional[str] = ..., last_checkpoint: _Optional[str] = ..., incarnation: _Optional[int] = ..., last_restart_reason: _Optional[str] = ...) -> None: ...
 
 class GetRunRequest(_message.Message):
     __slots__ = ("run_id",)
