@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import statistics
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -78,21 +79,29 @@ def compute_figures(spec: JobSpec, timeline: Timeline) -> dict[str, Any]:
         "fault": t.fault,
         "trace": t.trace,
         "failure_reason": t.failure_reason,
+        "steps_sampled": any(s.get("sampled") for s in steps),
     }
     return figures
 
 
 def _incidents(t: Timeline) -> list[dict[str, Any]]:
-    """The monitor's incidents, each with what ended it in this job: the job's restart of the trainer run
-    from its checkpoint (crash, hang) or the trainer's guard skipping the step (NaN); the monitor's own
-    recovery ladder, which has no actuator for the trainer's ranks here, stays in ``monitor_actions``."""
+    """The monitor's incidents, each with what ended it in this job: the monitor's command carried out by
+    the trainer service (a new incarnation of the run from its checkpoint: crash, hang, NaN rollback), the
+    job's own restart when no monitor runs, or the trainer's guard skipping a NaN step before the
+    optimizer; the monitor's ladder as it recorded it stays in ``monitor_actions``."""
     skipped = [int(s["step"]) for s in t.steps if "applied" in s and not s["applied"]]
     rows = []
     for inc in t.incidents:
         row = dict(inc, monitor_actions=inc.get("actions"), monitor_state=inc.get("state"))
         restart = next((r for r in t.recoveries if r["failed_run"] == inc.get("job")), None)
         if restart is not None:
-            row["actions"] = f"job restarted the trainer from its step-{restart['checkpoint_step']} checkpoint"
+            by = (
+                f"monitor: {', '.join(restart['actions'])} by the trainer service"
+                if restart.get("actions")
+                else "job restarted the trainer (no monitor)"
+            )
+            step = restart.get("checkpoint_step")
+            row["actions"] = f"{by}, from " + ("the start" if step is None else f"its step-{step} checkpoint")
             row["state"] = "recovered" if restart["recovery_s"] is not None else "unrecovered"
             row["recover_s"] = "-" if restart["recovery_s"] is None else f"{restart['recovery_s']:.1f}"
             row["lost_steps"] = str(restart["lost_steps"])
@@ -152,7 +161,8 @@ def _plots(run_dir: Path, spec: JobSpec, t: Timeline, figures: dict[str, Any]) -
     ax.set_ylabel("fraction")
     ax.set_title("Reward and held-out accuracy")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    if ax.get_legend_handles_labels()[0]:  # a run that ended before its first step has nothing to label
+        ax.legend(loc="lower right", fontsize=8)
     save(fig, "reward_accuracy.png", "Reward per RL step and held-out greedy accuracy against wall time")
 
     # Idle fractions.
@@ -176,7 +186,8 @@ def _plots(run_dir: Path, spec: JobSpec, t: Timeline, figures: dict[str, Any]) -
     ax.set_ylabel("idle fraction")
     ax.set_title("Rollout and trainer idle fractions during RL")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper right")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, loc="upper right")
     save(fig, "idle_fractions.png", "Idle fraction of each rollout server (10 s window) and of the trainer")
 
     # Weight-sync stall per version.
@@ -246,6 +257,26 @@ def _fmt(value: Any, pct: bool = False, unit: str = "") -> str:
     return f"{value}{unit}"
 
 
+def _trace_section(trace: dict[str, Any], run_dir: Path) -> list[str]:
+    """The report's lines on the RL step followed as one trace: its id, the services in it and how to view it."""
+    lines = ["## One RL step as one trace", ""]
+    if not trace.get("trace_id"):
+        return [*lines, f"No RL step trace: {trace.get('note', 'no spans')}.", ""]
+    services = ", ".join(trace.get("services", [])) or "-"
+    lines += [
+        f"RL step {trace.get('step')} is trace `{trace['trace_id']}`: {trace.get('num_spans', '?')} spans "
+        f"from {services}"
+        + (f" (not in it: {', '.join(trace['missing'])})" if trace.get("missing") else " (all four services)")
+        + ".",
+        "",
+        f"View it as a tree: `{trace.get('view')}`; the spans are JSON lines in "
+        + ", ".join(f"[{Path(f).name}]({os.path.relpath(f, run_dir)})" for f in trace.get("files", []))
+        + ".",
+        "",
+    ]
+    return lines
+
+
 def write_report(spec: JobSpec, run_dir: Path, timeline: Timeline) -> dict[str, Any]:
     """``report.md`` + PNGs + ``figures.json`` in ``run_dir``; returns the figures."""
     figures = compute_figures(spec, timeline)
@@ -297,6 +328,12 @@ def write_report(spec: JobSpec, run_dir: Path, timeline: Timeline) -> dict[str, 
         + ".",
         "",
     ]
+    if f["steps_sampled"]:
+        lines += [
+            "Step figures are the trainer's latest step at each poll (its steps.jsonl is not readable from "
+            "here): steps between two polls are missing, so step and sample counts are low.",
+            "",
+        ]
     if f["incidents"]:
         lines += [
             "## Incidents (robustness monitor)",
@@ -321,15 +358,7 @@ def write_report(spec: JobSpec, run_dir: Path, timeline: Timeline) -> dict[str, 
         lines += [f"Loss-spike alerts (alert only, no action; the RL loss moves by nature): {f['num_alerts']}.", ""]
     if f["fault"] and not f["incidents"]:
         lines += [f"Injected fault: {f['fault']}; the monitor recorded no incident.", ""]
-    if f["trace"]:
-        lines += [
-            "## One RL step as one trace",
-            "",
-            f"Trace `{f['trace'].get('trace_id')}` (RL step {f['trace'].get('step')}) spans "
-            f"{', '.join(f['trace'].get('services', []))}: "
-            f"`grep {f['trace'].get('trace_id')} {run_dir}/traces/*.jsonl`.",
-            "",
-        ]
+    lines += _trace_section(f["trace"], run_dir)
     lines += ["## Plots", ""]
     for name, caption in plots:
         lines += [f"![{caption}]({name})", "", f"*{caption}.*", ""]

@@ -19,6 +19,7 @@ import os
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,10 @@ from clients.jobspec import WEIGHTHUB_MODEL, JobSpec
 FAULT_KINDS = ("crash", "hang", "nan")
 SERVICES = ("dataplane", "weighthub", "trainer", "robustness", "rollout")
 POLL_S = 1.0
+STARTUP_TIMEOUT_S = 120.0
+"""The robustness monitor's start-up allowance before the warm start (its default)."""
+WARM_START_S_PER_STEP = 0.5
+"""Start-up allowance per warm-start step: about twice the slowest seen (0.28 s on 2 cores, load 20)."""
 
 
 class JobError(Exception):
@@ -106,9 +111,9 @@ def check_run_dir(run_dir: Path) -> None:
         )
 
 
-def check_redis_url() -> None:
-    """With REDIS_URL set, the Redis it names must answer (else every service would fail to start)."""
-    url = os.environ.get("REDIS_URL", "")
+def check_redis_url(url: str | None = None) -> None:
+    """The Redis ``url`` (default REDIS_URL, when set) names must answer (else every service would fail)."""
+    url = os.environ.get("REDIS_URL", "") if url is None else url
     if not url:
         return
     import redis
@@ -121,8 +126,79 @@ def check_redis_url() -> None:
         raise JobError(f"Redis at REDIS_URL={url} is not reachable: {exc}") from None
 
 
+@dataclass(frozen=True)
+class ExistingStack:
+    """A stack already up (``seedctl run --stack existing``): the job finds its services, starts and stops none."""
+
+    redis_url: str
+    """Redis whose service registry lists the stack's services."""
+    traces_dir: Path | None
+    """Where the stack's services append their spans (``SEEDSTACK_TRACE_FILE``); None when unknown."""
+
+
+def locate_stack(stack_dir: Path) -> ExistingStack:
+    """The stack in ``$REDIS_URL``, else the one ``seedctl up`` started in ``stack_dir``; its span files
+    are ``stack_dir/traces`` unless ``stack_dir`` holds another stack (compose and Kubernetes mount the
+    shared runs volume so that the services write their spans there)."""
+    from clients.seedctl import STATE_FILE, StackState
+
+    state = None
+    if (stack_dir / STATE_FILE).exists():
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            state = StackState.load(stack_dir)
+    url = os.environ.get("REDIS_URL", "")
+    if not url:
+        if state is None:
+            raise JobError(
+                f"--stack existing: REDIS_URL is not set and {stack_dir} holds no stack; set REDIS_URL to the "
+                f"stack's Redis, or start one with `seedctl --run-dir {stack_dir} up --replicas rollout=2`"
+            )
+        url = state.redis_url
+    same = state is None or state.redis_url == url
+    return ExistingStack(url, (stack_dir / "traces") if same else None)
+
+
+async def resolve_stack(stack: ExistingStack, num_rollout_servers: int, timeout_s: float) -> dict[str, str]:
+    """Instance name -> address of the job's services in the stack's registry, each SERVING: ``rollout``,
+    ``rollout-2``... for the first ``num_rollout_servers`` rollout servers. Waits up to ``timeout_s`` (a
+    stack may still be starting, as a Kubernetes Job's is); JobError names what is missing."""
+    from clients.base import probe_health
+    from services.common.redis_meta import RedisMeta, ServiceRegistry, connect
+
+    meta = RedisMeta(connect(stack.redis_url, retries=1), "registry")
+    registry = ServiceRegistry(meta)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            serving: dict[str, list[str]] = {}
+            for name in SERVICES:
+                registered = sorted({str(r["address"]) for r in await registry.resolve(name)})
+                serving[name] = [a for a in registered if await probe_health(a) == "SERVING"]
+            missing = [n for n in SERVICES if n != "rollout" and not serving[n]]
+            if len(serving["rollout"]) < num_rollout_servers:
+                missing.append(
+                    f"rollout (rollout.num_servers={num_rollout_servers}, "
+                    f"{len(serving['rollout'])} SERVING)"
+                )
+            if not missing:
+                break
+            if time.monotonic() > deadline:
+                raise JobError(
+                    f"the stack at {stack.redis_url} has no SERVING {', '.join(missing)} in its service registry "
+                    f"after {timeout_s:.0f} s"
+                )
+            await asyncio.sleep(POLL_S)
+    finally:
+        await meta.close()
+    addresses = {name: serving[name][0] for name in SERVICES if name != "rollout"}
+    for i, address in enumerate(serving["rollout"][:num_rollout_servers], start=1):
+        addresses["rollout" if i == 1 else f"rollout-{i}"] = address
+    return addresses
+
+
 def service_env(spec: JobSpec, run_dir: Path) -> dict[str, str]:
     """Environment of the services this job starts: the model, loopback binds, the trainer's runs dir."""
+    startup_s = STARTUP_TIMEOUT_S + WARM_START_S_PER_STEP * spec.warm_start.num_steps
     return {
         "SEEDSTACK_ROLLOUT_MODEL_CONFIG_JSON": spec.model.config_json(),
         "SEEDSTACK_ROLLOUT_NUM_THREADS": "1",
@@ -132,6 +208,9 @@ def service_env(spec: JobSpec, run_dir: Path) -> dict[str, str]:
         "SEEDSTACK_TRAINER_RUNS_DIR": str((run_dir / "trainer").resolve()),
         # A hung run is stopped to restart it: its ranks are killed this long after the stop request.
         "SEEDSTACK_TRAINER_STOP_TIMEOUT_S": "15",
+        # The monitor counts the warm start as start-up (no RL step yet): 400 warm-start steps have taken
+        # 110 s and more on 2 cores under load, past its 120 s default, and were restarted as a hang.
+        "SEEDSTACK_ROBUSTNESS_STARTUP_TIMEOUT_S": f"{startup_s:g}",
         "OMP_NUM_THREADS": "1",
     }
 
@@ -144,25 +223,59 @@ def run_job(
     keep_up: bool = False,
     fault: FaultRequest | None = None,
     out: Any = None,
+    stack: ExistingStack | None = None,
 ) -> int:
-    """The whole job; returns the exit status (0: the run completed and the report is written)."""
-    from clients.jobreport import write_report
-    from clients.seedctl import STATE_FILE, SeedctlError, stop_processes, up
+    """The whole job; returns the exit status (0: the run completed and the report is written).
+
+    With ``stack`` the job runs on that stack as it is (the services' environment is the stack's), else on
+    a fresh local stack it starts and, unless ``keep_up``, stops."""
+    from clients.seedctl import STATE_FILE, SeedctlError, StackState, stop_processes, up
 
     out = out or sys.stdout
+    if stack is not None and (fault is not None or keep_up):
+        raise JobError(
+            f"{'--inject-fault' if fault is not None else '--keep-up'} needs a fresh stack: an existing stack "
+            "keeps running as it is (the fault is armed in the environment of the trainer the job starts)"
+        )
     check_run_dir(run_dir)
-    check_redis_url()
+    check_redis_url(None if stack is None else stack.redis_url)
     run_dir.mkdir(parents=True, exist_ok=True)
     report_path = run_dir / "report.md"
     print(f"seedctl run: run directory {run_dir}", file=out)
     print(f"seedctl run: report will be {report_path} (plots and figures.json beside it)", file=out)
     (run_dir / "job.json").write_text(
         json.dumps(
-            {"spec_file": str(spec_path), "spec": spec.to_dict(), "fault": fault.__dict__ if fault else None}, indent=2
+            {
+                "spec_file": str(spec_path),
+                "spec": spec.to_dict(),
+                "fault": fault.__dict__ if fault else None,
+                "stack": "fresh" if stack is None else {"redis_url": stack.redis_url},
+            },
+            indent=2,
         )
     )
     prompts_path = run_dir / "rl_prompts.jsonl"
     spec.write_rl_prompts(prompts_path)
+    t0 = time.time()
+    if stack is not None:
+        try:
+            addresses = asyncio.run(resolve_stack(stack, spec.rollout.num_servers, spec.startup_timeout_s))
+        except KeyboardInterrupt:
+            return 130
+        print(
+            f"seedctl run: existing stack at {stack.redis_url}: "
+            + ", ".join(f"{n} {a}" for n, a in sorted(addresses.items())),
+            file=out,
+        )
+        if spec.model.config_json():
+            print(
+                "seedctl run: the rollout servers must serve the spec's model: "
+                f"SEEDSTACK_ROLLOUT_MODEL_CONFIG_JSON='{spec.model.config_json()}' in their environment",
+                file=out,
+            )
+        return _run_and_report(
+            spec, run_dir, prompts_path, addresses, Timeline(started_unix_s=t0), None, out, stack.traces_dir
+        )
     os.environ.update(service_env(spec, run_dir))
     if fault is not None:
         from services.robustness.faults import ArmedFault, arm
@@ -174,29 +287,65 @@ def run_job(
             ArmedFault({"hang": "block"}.get(fault.kind, fault.kind), rank=1 % spec.trainer.num_ranks, step=fault.step),
         )
         os.environ["SEEDSTACK_FAULT_FILE"] = str(fault_file)
-    t0 = time.time()
+    state = StackState(run_dir=str(run_dir), redis_url="")
     try:
         state = up(run_dir, spec.startup_timeout_s, list(SERVICES), {"rollout": spec.rollout.num_servers})
     except SeedctlError as exc:
         raise JobError(f"stack did not start: {str(exc).splitlines()[0]} (logs in {run_dir}/logs/)") from None
+    except KeyboardInterrupt:  # up() has stopped what it started
+        print("\nseedctl run: interrupted while the stack started; nothing left running", file=out)
+        return 130
     job_file = run_dir / "job.json"
     job_file.write_text(
         json.dumps({**json.loads(job_file.read_text()), "pids": [p.pid for p in state.processes()]}, indent=2)
     )
-    timeline = Timeline(started_unix_s=t0)
-    code = 1
-    try:
-        addresses = {name: p.address for name, p in state.services.items()}
-        code = asyncio.run(_drive(spec, run_dir, prompts_path, addresses, timeline, fault, out))
-    except KeyboardInterrupt:
-        print("\nseedctl run: interrupted; taking the stack down", file=out)
-        code = 130
-    finally:
-        timeline.ended_unix_s = timeline.ended_unix_s or time.time()
+    addresses = {name: p.address for name, p in state.services.items()}
+
+    def stop_stack() -> None:
         if not keep_up:
             stop_processes(state.processes())
             (run_dir / STATE_FILE).unlink(missing_ok=True)
-    timeline.trace = find_step_trace(run_dir)
+
+    try:
+        return _run_and_report(
+            spec, run_dir, prompts_path, addresses, Timeline(started_unix_s=t0), fault, out, run_dir / "traces",
+            stop_stack=stop_stack, keep_up=keep_up,
+        )
+    finally:
+        stop_stack()  # whatever went wrong after start-up, the stack this job started goes down (or was already)
+
+
+def _run_and_report(
+    spec: JobSpec,
+    run_dir: Path,
+    prompts_path: Path,
+    addresses: dict[str, str],
+    timeline: Timeline,
+    fault: FaultRequest | None,
+    out: Any,
+    traces_dir: Path | None,
+    *,
+    stop_stack: Callable[[], None] | None = None,
+    keep_up: bool = False,
+) -> int:
+    """Drive the job on the stack at ``addresses``, take a fresh stack down (``stop_stack``), write the report."""
+    from clients.jobreport import write_report
+
+    code = 1
+    try:
+        code = asyncio.run(_drive(spec, run_dir, prompts_path, addresses, timeline, fault, out))
+    except KeyboardInterrupt:
+        print("\nseedctl run: interrupted" + ("; taking the stack down" if stop_stack else ""), file=out)
+        code = 130
+    finally:
+        timeline.ended_unix_s = timeline.ended_unix_s or time.time()
+        if stop_stack is not None:
+            stop_stack()
+    timeline.trace = find_step_trace(traces_dir, timeline.started_unix_s) if traces_dir is not None else {}
+    if not timeline.trace:
+        where = f"the span files in {traces_dir}" if traces_dir else "a span file here (the stack exports elsewhere)"
+        timeline.trace = {"note": f"no trainer.rl_step span in {where}"}
+    report_path = run_dir / "report.md"
     if timeline.polls:
         figures = write_report(spec, run_dir, timeline)
         acc = figures.get("acc_before"), figures.get("acc_after")
@@ -205,32 +354,105 @@ def run_job(
             f"held-out accuracy {_pct(acc[0])} -> {_pct(acc[1])}; report {report_path}",
             file=out,
         )
-    if keep_up:
+        if timeline.trace.get("trace_id"):
+            print(f"seedctl run: one RL step as one trace: {timeline.trace['view']}", file=out)
+    if stop_stack is None:
+        print("seedctl run: the existing stack keeps running (the job started and stops none of it)", file=out)
+    elif keep_up:
         print(f"seedctl run: stack left up; `seedctl --run-dir {run_dir} down` stops it", file=out)
     else:
         print(f"seedctl run: stack down ({run_dir}/logs/ keeps the services' logs)", file=out)
     return code
 
 
-def find_step_trace(run_dir: Path) -> dict[str, Any]:
-    """An RL step's trace from the exported spans: its id, step and the services its spans come from."""
+STEP_TRACE_SERVICES = ("dataplane", "rollout", "trainer", "weighthub")
+"""Services one RL step's trace crosses: prompts, generation, the update, the new version."""
+
+
+def read_spans(traces_dir: Path) -> list[dict[str, Any]]:
+    """Every span in the JSON-lines span files (``SEEDSTACK_TRACE_FILE``) of ``traces_dir``, with its file."""
     spans: list[dict[str, Any]] = []
-    for path in sorted((run_dir / "traces").glob("*.jsonl")):
+    for path in sorted(traces_dir.glob("*.jsonl")):
         for line in path.read_text(errors="replace").splitlines():
             with contextlib.suppress(ValueError):
-                spans.append(json.loads(line))
-    steps = [s for s in spans if s.get("name") == "trainer.rl_step"]
+                span = json.loads(line)
+                if isinstance(span, dict) and span.get("trace_id"):
+                    spans.append({**span, "file": path.name})
+    return spans
+
+
+def find_step_trace(traces_dir: Path, since_unix_s: float = 0.0) -> dict[str, Any]:
+    """The trace of one RL step (a ``trainer.rl_step`` span begun after ``since_unix_s``: an existing
+    stack's span files hold earlier jobs too): the one reaching the most of data plane, rollout, trainer
+    and weight hub, earliest among equals in the second half of the run (past start-up effects). Its id,
+    step, services, the ones it misses, span count, files and the command that shows it; {} when no span
+    file there holds such a step."""
+    spans = read_spans(traces_dir)
+    services: dict[str, set[str]] = {}
+    num_spans: dict[str, int] = {}
+    files: dict[str, set[str]] = {}
+    for span in spans:
+        trace_id = str(span["trace_id"])
+        services.setdefault(trace_id, set()).add(str(span.get("service")))
+        num_spans[trace_id] = num_spans.get(trace_id, 0) + 1
+        files.setdefault(trace_id, set()).add(span["file"])
+    steps = sorted(
+        (
+            s
+            for s in spans
+            if s.get("name") == "trainer.rl_step" and int(s.get("start_unix_ns") or 0) >= since_unix_s * 1e9
+        ),
+        key=lambda s: int(s.get("start_unix_ns") or 0),
+    )
     if not steps:
         return {}
-    services: dict[str, set[str]] = {}
-    for s in spans:
-        services.setdefault(str(s.get("trace_id")), set()).add(str(s.get("service")))
-    best = max(steps[len(steps) // 2 :] or steps, key=lambda s: len(services.get(str(s["trace_id"]), set())))
+
+    def covered(trace_id: str) -> set[str]:  # the trainer's ranks export as "trainer-rank"
+        return {name.split("-")[0] for name in services[trace_id]} & set(STEP_TRACE_SERVICES)
+
+    def reach(span: dict[str, Any]) -> tuple[int, int]:
+        return len(covered(str(span["trace_id"]))), len(services[str(span["trace_id"])])
+
+    best = max(steps[len(steps) // 2 :], key=reach)
+    trace_id = str(best["trace_id"])
     return {
-        "trace_id": best["trace_id"],
+        "trace_id": trace_id,
         "step": best.get("attributes", {}).get("rl.step"),
-        "services": sorted(services.get(str(best["trace_id"]), set())),
+        "services": sorted(services[trace_id]),
+        "missing": sorted(set(STEP_TRACE_SERVICES) - covered(trace_id)),
+        "num_spans": num_spans[trace_id],
+        "files": [str(traces_dir / name) for name in sorted(files[trace_id])],
+        "view": f"seedctl --run-dir {traces_dir.parent} trace {trace_id}",
     }
+
+
+def trace_lines(spans: list[dict[str, Any]], trace_id: str) -> list[str]:
+    """One trace's spans as an indented tree (child under parent, in start order): offset, duration,
+    service, name; spans whose parent is in no file (another process not exporting) start a root."""
+    mine = sorted((s for s in spans if s.get("trace_id") == trace_id), key=lambda s: int(s.get("start_unix_ns") or 0))
+    if not mine:
+        return []
+    ids = {s.get("span_id") for s in mine}
+    children: dict[Any, list[dict[str, Any]]] = {}
+    for span in mine:
+        parent = span.get("parent_span_id")
+        children.setdefault(parent if parent in ids else None, []).append(span)
+    t0 = int(mine[0].get("start_unix_ns") or 0)
+    lines: list[str] = []
+
+    def walk(span: dict[str, Any], depth: int) -> None:
+        start, end = int(span.get("start_unix_ns") or 0), int(span.get("end_unix_ns") or 0)
+        status = "" if span.get("status") in ("UNSET", "OK", None) else f"  [{span.get('status')}]"
+        lines.append(
+            f"{(start - t0) / 1e6:9.1f} ms {(end - start) / 1e6:9.1f} ms  {'  ' * depth}"
+            f"{span.get('service')}: {span.get('name')}{status}"
+        )
+        for child in children.get(span.get("span_id"), []):
+            walk(child, depth + 1)
+
+    for root in children.get(None, []):
+        walk(root, 0)
+    return lines
 
 
 def latest_checkpoint(directory: Path) -> tuple[int, Path] | None:
@@ -319,17 +541,67 @@ async def _drive(
         stopping = False
         progress = Progress(out)
         plan_stats = None
+        sampled_steps: dict[tuple[str, int], dict[str, Any]] = {}
+        """The latest step of each poll: the report's steps when the trainer's steps.jsonl is not readable here."""
 
-        async def fault_incident() -> Any:
-            """The monitor's open crash or hang incident of the current run, if any."""
+        tracked: dict[str, dict[str, Any]] = {}
+
+        async def monitor_incidents() -> list[Any]:
+            """The monitor's crash, hang and NaN incidents of the run, oldest first."""
             if robustness is None:
-                return None
+                return []
             with contextlib.suppress(RPCError):
                 reply = await robustness.list_incidents(rb.ListIncidentsRequest(job_id=run_id), timeout_s=5)
-                for incident in reply.incidents:
-                    if incident.fault in (rb.FAULT_KIND_CRASH, rb.FAULT_KIND_HANG):
-                        return incident
-            return None
+                faults = (rb.FAULT_KIND_CRASH, rb.FAULT_KIND_HANG, rb.FAULT_KIND_NAN)
+                found = [i for i in reply.incidents if i.fault in faults]
+                return sorted(found, key=lambda i: i.detected_at.ToNanoseconds())
+            return []
+
+        def track(incidents: list[Any], run: Any) -> None:
+            """One recovery per incident: the monitor restarts the run through the trainer service (a new
+            incarnation of the same run from its checkpoint); the job only records it."""
+            import re
+
+            for incident in incidents:
+                kind = rb.FaultKind.Name(incident.fault).removeprefix("FAULT_KIND_").lower()
+                entry = tracked.get(incident.incident_id)
+                if entry is None:
+                    entry = tracked[incident.incident_id] = {
+                        "why": f"monitor: {incident.summary}",
+                        "failed_run": run_id,
+                        "run_id": run_id,
+                        "t_s": incident.detected_at.ToNanoseconds() / 1e9 - timeline.started_unix_s,
+                        "monitor_fault": kind,
+                        "blamed_rank": int(incident.suspect_ranks[0]) if incident.suspect_ranks else None,
+                        "detection_s": float(incident.detection_s),
+                        "failed_step": int(run.step),
+                        "checkpoint_step": None,
+                        "lost_steps": 0,
+                        "recovery_s": None,
+                    }
+                    timeline.recoveries.append(entry)
+                    progress.note(f"monitor: {kind} incident: {incident.summary}")
+                if entry["recovery_s"] is None and incident.state == rb.INCIDENT_STATE_RECOVERED:
+                    lost = int(incident.num_lost_steps)
+                    resumed = [
+                        int(m.group(1))
+                        for s in incident.recovery_steps
+                        if (m := re.search(r"from step (\d+)", s.detail))
+                    ]
+                    entry.update(
+                        recovery_s=float(incident.recovery_s),
+                        lost_steps=lost,
+                        checkpoint_step=resumed[-1] if resumed else max(entry["failed_step"] - lost, 0),
+                        actions=[
+                            rb.RecoveryAction.Name(s.action).removeprefix("RECOVERY_ACTION_").lower()
+                            for s in incident.recovery_steps
+                        ],
+                    )
+                    progress.note(
+                        f"monitor: {kind} recovered by {', '.join(entry['actions'])} in {incident.recovery_s:.1f} s "
+                        f"(the trainer restarted the run from its step-{entry['checkpoint_step']} checkpoint, "
+                        f"{lost} step(s) lost)"
+                    )
 
         async def restart(run: Any, why: str, incident: Any) -> str | None:
             """Stop what is left of the run, then start it again from its last checkpoint; the new run id."""
@@ -386,22 +658,20 @@ async def _drive(
             state = tp.RunState.Name(run.state).removeprefix("RUN_STATE_")
             if state == "TRAINING" and not segment_rl_started:
                 segment_rl_started = now
-            incident = await fault_incident() if state in ("TRAINING", "STARTING", "WARM_START") else None
+            track(await monitor_incidents(), run)
+            # Without a monitor nothing restarts a failed run but the job itself (from its last checkpoint).
             if (
-                (state == "FAILED" or incident is not None)
+                robustness is None
+                and state == "FAILED"
                 and not stopping
                 and len(run_ids) <= spec.trainer.max_restarts
                 and now < deadline - 30
             ):
-                why = (
-                    f"monitor: {incident.summary}"
-                    if incident is not None
-                    else f"trainer run failed: {run.failure_reason.splitlines()[0] if run.failure_reason else '?'}"
-                )
+                why = f"trainer run failed: {run.failure_reason.splitlines()[0] if run.failure_reason else '?'}"
                 rl_used_s += (now - segment_rl_started) if segment_rl_started else 0.0
                 earlier_evals = timeline.evals
                 try:
-                    new_id = await restart(run, why, incident)
+                    new_id = await restart(run, why, None)
                 except RPCError as exc:
                     progress.note(f"restart failed: {exc.method}: {exc.code.name}: {exc.details}")
                     new_id = None
@@ -412,7 +682,12 @@ async def _drive(
                     segment_rl_started = 0.0
                     continue
             pending = timeline.recoveries[-1] if timeline.recoveries else None
-            if pending and pending["recovery_s"] is None and run.step > pending["checkpoint_step"]:
+            if (
+                pending
+                and "_detected_unix_s" in pending
+                and pending["recovery_s"] is None
+                and run.step > pending["checkpoint_step"]
+            ):
                 pending["recovery_s"] = now - pending.pop("_detected_unix_s")
             stats: dict[str, Any] = {}
             for name, client in rollouts.items():
@@ -459,6 +734,20 @@ async def _drive(
                 "lag": (int(run.published_version) - min(served)) if served and run.published_version else 0,
             }
             timeline.polls.append(poll)
+            if run.HasField("latest_step") and run.step:
+                sampled_steps.setdefault(
+                    (run_id, int(run.step)),
+                    {
+                        "step": int(run.step),
+                        "at": run.updated_at.ToNanoseconds() / 1e9,
+                        "reward_mean": float(run.latest_step.reward_mean),
+                        "step_time_s": float(run.latest_step.step_time_s),
+                        "data_wait_s": float(run.latest_step.data_wait_s),
+                        "num_samples": int(run.latest_step.num_samples),
+                        "run_id": run_id,
+                        "sampled": True,
+                    },
+                )
             progress.show(spec, timeline, poll)
             if robustness is not None and timeline.rl_started_unix_s:
                 with contextlib.suppress(RPCError):
@@ -507,11 +796,17 @@ async def _drive(
                         timeline.incidents.append(row)
         if fault is not None:
             timeline.fault = {"kind": fault.kind, "step": fault.step, "rank": 1 % spec.trainer.num_ranks}
+        # The trainer's runs directory: the job's own on a fresh stack; on an existing stack the one its
+        # checkpoint paths name, readable when the job shares the trainer's disk (compose and k8s mount it).
+        trainer_runs = Path(run.last_checkpoint).parent.parent.parent if run.last_checkpoint else run_dir / "trainer"
+        timeline.run["run_dir"] = str(trainer_runs / run_id)
         for rid in run_ids:
-            steps_file = run_dir / "trainer" / rid / "steps.jsonl"
+            steps_file = trainer_runs / rid / "steps.jsonl"
             if steps_file.exists():
                 lines = steps_file.read_text().splitlines()
                 timeline.steps += [{**json.loads(line), "run_id": rid} for line in lines if line.strip()]
+            else:
+                timeline.steps += [v for k, v in sorted(sampled_steps.items()) if k[0] == rid]
     if timeline.end_state == "FAILED":
         reason = timeline.failure_reason.splitlines()[0] if timeline.failure_reason else "?"
         print(f"seedctl run: the trainer run failed: {reason}", file=out)

@@ -6,8 +6,10 @@
     seedctl logs SVC  a service's log (JSON lines); -f follows it
     seedctl down      stops everything ``up`` started; no process is left behind
     seedctl incidents the robustness monitor's incident log
+    seedctl trace ID  one trace's spans as a tree (default: an RL step's), from <run-dir>/traces
     seedctl gen3d IMG one image to a simulation-ready asset, with progress by stage
-    seedctl run JOB   the main RL job of a job spec on a fresh local stack, with a report at the end
+    seedctl run JOB   the main RL job of a job spec on a fresh local stack (or, with --stack existing,
+                      on one already up), with a report at the end
 
 State and logs live in a run directory (``--run-dir``, else ``SEEDSTACK_RUN_DIR``, else
 ``runs/stack``), so several stacks can run side by side.
@@ -19,6 +21,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -114,15 +117,39 @@ def start_redis(run_dir: Path) -> ProcessState:
     return ProcessState("redis", redis.pid, str(log_path), time.time(), f"127.0.0.1:{redis.port}")
 
 
+def fixed_port(name: str) -> int:
+    """The port the user pinned a service to with ``SEEDSTACK_<SERVICE>_PORT``; 0 (a free one) when unset."""
+    variable = f"{service_info(name).env_prefix}PORT"
+    text = os.environ.get(variable, "").strip()
+    if not text or text == "0":
+        return 0
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise SeedctlError(f"{variable}={text!r}: expected a TCP port (1..65535), or unset for a free one")
+    return int(text)
+
+
+def port_in_use(port: int) -> bool:
+    """True when something already listens on ``port`` (the services bind every address)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("", port))
+        except OSError:
+            return True
+    return False
+
+
 def start_service(name: str, run_dir: Path, redis_url: str, instance: str = "") -> ProcessState:
-    """``python -m services.<name>`` on a free port, logs to ``<run-dir>/logs/<instance>.log``."""
+    """``python -m services.<name>`` on a free port (or the one ``SEEDSTACK_<SERVICE>_PORT`` pins the
+    first instance to), logs to ``<run-dir>/logs/<instance>.log``."""
     info = service_info(name)
     instance = instance or name
     log_path = run_dir / "logs" / f"{instance}.log"
     env = dict(os.environ)
+    port = fixed_port(name) if instance == name else 0
     env.update({
         "REDIS_URL": redis_url,
-        f"{info.env_prefix}PORT": "0",  # the real port reaches us through the service registry
+        f"{info.env_prefix}PORT": str(port),  # a free port's number reaches us through the service registry
         f"{info.env_prefix}HOST": env.get(f"{info.env_prefix}HOST", "127.0.0.1"),
         "PYTHONUNBUFFERED": "1",
     })
@@ -146,6 +173,35 @@ def _tail(path: str, num_lines: int = 8) -> str:
         return "\n".join(Path(path).read_text(errors="replace").splitlines()[-num_lines:])
     except OSError:
         return "(no log)"
+
+
+def exit_reason(log_path: str) -> str:
+    """Why a service exited, in one line, from the end of its log: its last error (a JSON log record's
+    message, or the last line of a traceback); a failed bind reads as the port being in use."""
+    try:
+        lines = [line.strip() for line in Path(log_path).read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return "no log"
+    reason = ""
+    for line in reversed(lines):
+        if line.startswith("{"):
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if str(record.get("level", "")).upper() in ("ERROR", "CRITICAL"):
+                reason = str(record.get("msg", ""))
+                exception = str(record.get("exc") or "").strip()
+                if exception:
+                    reason += f": {exception.splitlines()[-1]}"
+                break
+            continue
+        reason = line
+        break
+    bind = re.search(r"Failed to bind to address (\S+?)[;:]?(\s|$)", reason)
+    if bind:
+        return f"port {bind.group(1).rsplit(':', 1)[-1]} is already in use (could not bind {bind.group(1)})"
+    return reason or "no error in its log"
 
 
 def stop_processes(processes: list[ProcessState], grace_s: float = 10.0) -> int:
@@ -194,6 +250,12 @@ def up(run_dir: Path, timeout_s: float, only: list[str] | None = None,
     replicas = replicas or {}
     for name in [*names, *replicas]:
         service_info(name)
+    for name in names:
+        port = fixed_port(name)
+        if port and port_in_use(port):
+            variable = f"{service_info(name).env_prefix}PORT"
+            raise SeedctlError(f"{name}: port {port} ({variable}) is already in use by another process; "
+                               f"stop it or unset {variable} to use a free port")
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
     state = StackState(run_dir=str(run_dir), redis_url=os.environ.get("REDIS_URL", ""))
     try:
@@ -231,8 +293,8 @@ async def _poll_serving(state: StackState, registry: ServiceRegistry, timeout_s:
     while pending:
         for name, proc in list(pending.items()):
             if not pid_alive(proc.pid):
-                raise SeedctlError(f"{name} exited during start-up; last lines of {proc.log_path}:\n"
-                                   f"{_tail(proc.log_path)}")
+                raise SeedctlError(f"{name} exited during start-up: {exit_reason(proc.log_path)}; "
+                                   f"last lines of {proc.log_path}:\n{_tail(proc.log_path)}")
             if not proc.address:
                 proc.address = await _registered_address(registry, proc.service or name, proc.pid)
             if proc.address and await probe_health(proc.address) == "SERVING":
@@ -320,11 +382,19 @@ def main(argv: list[str] | None = None) -> int:
     p_gen3d.add_argument("--out", type=Path, default=Path("assets"), help="folder for the asset files")
     p_gen3d.add_argument("--class", dest="object_class", default="", help="object class, e.g. mug (sets defaults)")
     p_gen3d.add_argument("--size-m", type=float, default=0.0, help="largest dimension in metres (0 = class default)")
+    p_trace = sub.add_parser("trace", help="one trace as a tree of spans, from the span files in <run-dir>/traces")
+    p_trace.add_argument("trace_id", nargs="?", default="",
+                         help="trace id (default: the RL step trace `seedctl run` picks)")
     p_run = sub.add_parser("run", help="run an RL job spec on a fresh local stack; report in the run directory")
     p_run.add_argument("job", type=Path, help="job spec (YAML), e.g. deploy/jobs/default.yaml")
     p_run.add_argument("--keep-up", action="store_true", help="leave the stack running at the end")
     p_run.add_argument("--inject-fault", default="", metavar="KIND@STEP",
                        help="inject crash, hang or nan into trainer rank 1 at RL step STEP")
+    p_run.add_argument("--stack", choices=("fresh", "existing"), default="fresh",
+                       help="fresh: start a local stack for the job and stop it after (default); existing: run on "
+                       "a stack that is already up (compose, Kubernetes, `seedctl up`), found through the service "
+                       "registry in $REDIS_URL, else in the Redis of the `seedctl up` stack in $SEEDSTACK_RUN_DIR "
+                       "or runs/stack; nothing is started or stopped")
     args = parser.parse_args(argv)
     run_dir: Path = args.run_dir or (
         Path("runs") / f"job-{time.strftime('%Y%m%d-%H%M%S')}" if args.command == "run"
@@ -351,14 +421,22 @@ def main(argv: list[str] | None = None) -> int:
                                              object_class=args.object_class, size_hint_m=args.size_m))
         elif args.command == "run":
             from clients.jobspec import JobSpecError, load_job_spec
-            from clients.mainjob import FaultRequest, JobError, run_job
+            from clients.mainjob import FaultRequest, JobError, locate_stack, run_job
 
             try:
                 fault = FaultRequest.parse(args.inject_fault) if args.inject_fault else None
-                return run_job(load_job_spec(args.job), args.job, run_dir, keep_up=args.keep_up, fault=fault)
+                spec = load_job_spec(args.job)
+                # A stopped job (docker stop, a CI timeout, kill) takes its fresh stack down as Ctrl-C does.
+                signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+                stack = None
+                if args.stack == "existing":
+                    stack = locate_stack(Path(os.environ.get("SEEDSTACK_RUN_DIR", DEFAULT_RUN_DIR)))
+                return run_job(spec, args.job, run_dir, keep_up=args.keep_up, fault=fault, stack=stack)
             except (JobSpecError, JobError) as exc:
                 print(f"seedctl run: {exc}", file=sys.stderr)
                 return 1
+        elif args.command == "trace":
+            _trace(run_dir / "traces", args.trace_id)
         elif args.command == "down":
             existing = StackState.load(run_dir)
             if existing is None:
@@ -378,6 +456,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def _service_target(run_dir: Path, service: str) -> str:
     """The service's address in this run dir's stack, else REDIS_URL (resolved through the registry)."""
     state = StackState.load(run_dir)
@@ -386,6 +468,20 @@ def _service_target(run_dir: Path, service: str) -> str:
     if os.environ.get("REDIS_URL"):
         return os.environ["REDIS_URL"]
     raise SeedctlError(f"no {service} in {run_dir} and REDIS_URL is not set; start a stack with `seedctl up`")
+
+
+def _trace(traces_dir: Path, trace_id: str) -> None:
+    from clients.mainjob import find_step_trace, read_spans, trace_lines
+
+    if not trace_id:
+        trace_id = str(find_step_trace(traces_dir).get("trace_id", ""))
+        if not trace_id:
+            raise SeedctlError(f"no RL step (trainer.rl_step span) in the span files of {traces_dir}")
+    lines = trace_lines(read_spans(traces_dir), trace_id)
+    if not lines:
+        raise SeedctlError(f"no span of trace {trace_id} in {traces_dir}/*.jsonl")
+    print(f"trace {trace_id} (start offset, duration, service: span)")
+    print("\n".join(lines))
 
 
 def _logs(state: StackState, service: str, follow: bool, num_lines: int) -> None:

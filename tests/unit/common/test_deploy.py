@@ -103,7 +103,7 @@ def test_compose_has_redis_with_a_healthcheck(compose: dict[str, Any]) -> None:
 
 
 def test_compose_runs_exactly_the_catalog(compose: dict[str, Any]) -> None:
-    extras = {"redis", "otel-collector"}
+    extras = {"redis", "otel-collector", "job", "rollout-2"}
     assert set(compose["services"]) - extras == set(SERVICE_IDS)
 
 
@@ -133,6 +133,97 @@ def test_compose_service_matches_its_config(compose: dict[str, Any], info: Servi
     depends = service["depends_on"]
     for dependency in ("redis", *info.depends_on):
         assert depends[dependency]["condition"] == "service_healthy", f"{info.name} waits for {dependency}"
+
+
+def test_compose_second_rollout_server_is_the_first_under_its_own_name(compose: dict[str, Any]) -> None:
+    first, second = compose["services"]["rollout"], compose["services"]["rollout-2"]
+    assert second["command"] == first["command"] and second["healthcheck"] == first["healthcheck"]
+    assert second["depends_on"] == first["depends_on"] and "ports" not in second
+    env_first, env_second = compose_environment(first), compose_environment(second)
+    differ = {k for k in env_first.keys() | env_second.keys() if env_first.get(k) != env_second.get(k)}
+    assert differ == {"SEEDSTACK_ROLLOUT_ADVERTISE_HOST", "SEEDSTACK_TRACE_FILE"}
+    assert env_second["SEEDSTACK_ROLLOUT_ADVERTISE_HOST"] == "rollout-2"
+
+
+# --- the main job: the same spec as `make run`, on the stack as deployed -------------------------
+
+DEFAULT_SPEC = ROOT / "deploy" / "jobs" / "default.yaml"
+# Read by the job (`seedctl run --stack existing`): where the stack is, the shared token, the stack dir.
+JOB_VARIABLES = {"REDIS_URL", "SEEDSTACK_AUTH_TOKEN", "SEEDSTACK_RUN_DIR"}
+
+
+def assert_job_command(command: list[str], spec_path: str) -> None:
+    """``python -m clients.seedctl run SPEC --stack existing``, the subcommand and flags seedctl has."""
+    assert_module_exists(module_of(command))
+    assert command == ["python", "-m", "clients.seedctl", "run", spec_path, "--stack", "existing"]
+    seedctl_source = (ROOT / "clients" / "seedctl.py").read_text()
+    assert 'add_parser("run"' in seedctl_source and '"--stack", choices=("fresh", "existing")' in seedctl_source
+
+
+def assert_job_variables_read(names: set[str]) -> None:
+    """Each variable the job is given is one the clients' code reads."""
+    assert names <= JOB_VARIABLES, f"the job sets {sorted(names - JOB_VARIABLES)}, which seedctl does not read"
+    code = "".join(p.read_text() for p in (ROOT / "clients").glob("*.py"))
+    for name in names:
+        assert f'"{name}"' in code, f"no client module reads {name}"
+
+
+def default_job_env() -> dict[str, str]:
+    """What `seedctl run` sets in the environment of the services it starts for the default spec."""
+    from clients.jobspec import load_job_spec
+    from clients.mainjob import service_env
+
+    return service_env(load_job_spec(DEFAULT_SPEC), ROOT / "runs")
+
+
+def image_workdir() -> str:
+    final_stage = dockerfile_instructions()
+    final_stage = final_stage[max(i for i, (ins, _) in enumerate(final_stage) if ins == "FROM") :]
+    return [rest for ins, rest in final_stage if ins == "WORKDIR"][-1]
+
+
+def test_the_default_spec_is_the_makefile_default_and_asks_for_what_the_deployments_run() -> None:
+    from clients.jobspec import load_job_spec
+
+    makefile_job = re.search(r"^JOB \?= (.+)$", (ROOT / "Makefile").read_text(), re.MULTILINE)
+    assert makefile_job and ROOT / makefile_job.group(1).strip() == DEFAULT_SPEC
+    assert load_job_spec(DEFAULT_SPEC).rollout.num_servers == 2
+
+
+def test_compose_job_runs_the_default_spec_on_the_stack(compose: dict[str, Any]) -> None:
+    from clients.jobspec import load_job_spec
+    from clients.mainjob import SERVICES as JOB_SERVICES
+    from clients.seedctl import DEFAULT_RUN_DIR
+
+    services = compose["services"]
+    job = services["job"]
+    assert job["build"] == services["trainer"]["build"] and job["image"] == services["trainer"]["image"]
+    assert job["profiles"] == ["job"] and job["restart"] == "no", "a finished job is not started again"
+    spec_mount, runs_mount = job["volumes"]
+    source, target, mode = spec_mount.split(":")
+    assert (ROOT / source).resolve() == DEFAULT_SPEC and mode == "ro", "the same file as `make run`"
+    assert_job_command(job["command"], target)
+    env = compose_environment(job)
+    assert_job_variables_read(set(env))
+    assert env["REDIS_URL"] == compose_environment(services["trainer"])["REDIS_URL"]
+
+    rollouts = [n for n, svc in services.items() if svc.get("command") == ["python", "-m", "services.rollout"]]
+    assert len(rollouts) == load_job_spec(DEFAULT_SPEC).rollout.num_servers
+    for dependency in ("redis", *JOB_SERVICES, *rollouts):
+        assert job["depends_on"][dependency]["condition"] == "service_healthy", f"the job waits for {dependency}"
+
+    # One volume, mounted at the same path: the job's run directory (cwd/runs/job-...) holds the RL prompts
+    # the data plane reads, the trainer's runs its steps, runs/stack/traces every service's spans.
+    volume, path = runs_mount.split(":")
+    assert volume in compose["volumes"] and path == f"{image_workdir()}/runs"
+    for name in ("dataplane", "trainer", *rollouts, "weighthub", "robustness"):
+        assert runs_mount in services[name]["volumes"], f"{name} mounts {volume} at {path}"
+    assert compose_environment(services["trainer"])["SEEDSTACK_TRAINER_RUNS_DIR"].startswith(path + "/")
+    startup = "SEEDSTACK_ROBUSTNESS_STARTUP_TIMEOUT_S"
+    assert compose_environment(services["robustness"])[startup] == default_job_env()[startup]
+    traces = {compose_environment(services[n])["SEEDSTACK_TRACE_FILE"] for n in (*JOB_SERVICES, *rollouts)}
+    assert len(traces) == len(JOB_SERVICES) + len(rollouts) - 1, "one span file per process"
+    assert {str(Path(t).parent) for t in traces} == {f"{image_workdir()}/{DEFAULT_RUN_DIR}/traces"}
 
 
 def test_compose_collector_uses_the_committed_config(compose: dict[str, Any]) -> None:
@@ -216,6 +307,48 @@ def test_k8s_service_matches_its_config(manifests: list[dict[str, Any]], info: S
     (service_port,) = service["spec"]["ports"]
     assert service_port["port"] == port and service_port["targetPort"] in ("grpc", port)
     assert service_port["name"] == "grpc"
+
+
+def test_k8s_job_runs_the_default_spec_on_the_stack(manifests: list[dict[str, Any]]) -> None:
+    from clients.jobspec import load_job_spec
+
+    config_map = find(manifests, "ConfigMap", "seedstack-job")
+    assert config_map["data"] == {DEFAULT_SPEC.name: DEFAULT_SPEC.read_text()}, "a copy of deploy/jobs/default.yaml"
+    job = find(manifests, "Job", "seedstack-job")
+    pod = job["spec"]["template"]["spec"]
+    assert pod["restartPolicy"] == "Never"
+    (container,) = pod["containers"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: volumes[m["name"]] for m in container["volumeMounts"]}
+    spec_path = container["command"][4]
+    assert mounts[str(Path(spec_path).parent)]["configMap"]["name"] == "seedstack-job"
+    assert Path(spec_path).name in config_map["data"]
+    assert_job_command(container["command"], spec_path)
+    assert_job_variables_read({e["name"] for e in container["env"]})
+    trainer = find(manifests, "Deployment", "trainer")["spec"]["template"]
+    (trainer_container,) = trainer["spec"]["containers"]
+    redis_url = {e["name"]: e.get("value") for e in trainer_container["env"]}["REDIS_URL"]
+    assert {e["name"]: e.get("value") for e in container["env"]}["REDIS_URL"] == redis_url
+
+    # The data plane and the trainer mount the job's volume where the job does.
+    runs_path = f"{image_workdir()}/runs"
+    claim = mounts[runs_path]["persistentVolumeClaim"]["claimName"]
+    assert "ReadWriteMany" in find(manifests, "PersistentVolumeClaim", claim)["spec"]["accessModes"]
+    for name in ("dataplane", "trainer"):
+        pod_spec = find(manifests, "Deployment", name)["spec"]["template"]["spec"]
+        claims = {v["name"]: v.get("persistentVolumeClaim", {}).get("claimName") for v in pod_spec["volumes"]}
+        (service_container,) = pod_spec["containers"]
+        assert [claims[m["name"]] for m in service_container["volumeMounts"] if m["mountPath"] == runs_path] == [
+            claim
+        ], f"{name} mounts {claim} at {runs_path}"
+        assert pod_spec["securityContext"]["fsGroup"] == pod["securityContext"]["fsGroup"]
+    runs_dir = {e["name"]: e.get("value") for e in trainer_container["env"]}["SEEDSTACK_TRAINER_RUNS_DIR"]
+    assert runs_dir.startswith(runs_path + "/")
+    robustness = find(manifests, "Deployment", "robustness")["spec"]["template"]["spec"]["containers"][0]
+    startup = "SEEDSTACK_ROBUSTNESS_STARTUP_TIMEOUT_S"
+    assert {e["name"]: e.get("value") for e in robustness["env"]}[startup] == default_job_env()[startup]
+    replicas = find(manifests, "Deployment", "rollout")["spec"]["replicas"]
+    assert replicas == load_job_spec(DEFAULT_SPEC).rollout.num_servers
 
 
 # --- Dockerfile -------------------------------------------------------------------------------

@@ -73,3 +73,20 @@ def test_fault_requests_and_stale_run_directories(tmp_path: Path) -> None:
     (tmp_path / "old" / "report.md").write_text("#")
     with pytest.raises(JobError, match="not empty"):
         check_run_dir(tmp_path / "old")
+
+
+def test_the_services_environment_is_read_by_the_services(tmp_path: Path) -> None:
+    import dataclasses
+
+    from clients.mainjob import service_env
+    from services.common.catalog import SERVICES
+    from services.common.config import env_name
+
+    read = {"OMP_NUM_THREADS"}  # torch's
+    for info in SERVICES:
+        cls = info.load_config_class()
+        read |= {env_name(cls, info.env_prefix, f.name) for f in dataclasses.fields(cls)}
+    env = service_env(parse_job_spec({}), tmp_path)
+    assert set(env) <= read, sorted(set(env) - read)
+    # The warm start is start-up to the monitor: its allowance grows with the warm start.
+    assert float(env["SEEDSTACK_ROBUSTNESS_STARTUP_TIMEOUT_S"]) > 120
