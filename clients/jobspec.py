@@ -107,6 +107,11 @@ class AlgorithmSection:
     """VAPO: learning rate of the value model."""
     positive_lm_loss_coef: float = 0.1
     """VAPO: coefficient μ of the LM loss on correct answers."""
+    ppo_epochs: int = 1
+    """PPO passes over each batch (later passes clip against the policy before the batch)."""
+    mini_batch_size: int = 0
+    """Answers per optimiser step over all ranks (a batch is split into shuffled mini-batches); 0 for the
+    whole batch. One version is published per batch."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -240,6 +245,13 @@ class JobSpec:
             tr.rl_time_budget_s,
             f"must be below time_budget_s ({self.time_budget_s:g}), which also covers start-up and warm start",
         )
+        batch = tr.prompts_per_step * tr.group_size
+        _check(
+            self.algorithm.mini_batch_size <= batch,
+            "algorithm.mini_batch_size",
+            self.algorithm.mini_batch_size,
+            f"must be <= the batch of trainer.prompts_per_step x trainer.group_size ({batch})",
+        )
         r = self.rollout
         _check(1 <= r.num_servers <= 16, "rollout.num_servers", r.num_servers, "must be in 1..16")
         _check(0 < r.completion_ratio <= 1, "rollout.completion_ratio", r.completion_ratio, "must be in (0, 1]")
@@ -292,6 +304,8 @@ class JobSpec:
                 "time_budget_s": tr.rl_time_budget_s,
                 "num_threads": tr.num_threads,
                 "checkpoint": {"every_steps": tr.checkpoint_every_steps},
+                "ppo_epochs": a.ppo_epochs,
+                "mini_batch_size": a.mini_batch_size,
                 "dataplane_plan_id": plan_id,
                 "weighthub_model": WEIGHTHUB_MODEL,
                 "rollout": {
@@ -387,6 +401,8 @@ def _trainer_field(message: str) -> str:
         "policy_loss.": "algorithm.",
         "num_threads": "trainer.num_threads",
         "num_steps": "trainer.max_steps",
+        "ppo_epochs": "algorithm.ppo_epochs",
+        "mini_batch_size": "algorithm.mini_batch_size",
     }
     for old, new in renames.items():
         if message.startswith(old):

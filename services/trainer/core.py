@@ -11,6 +11,12 @@ rank: the ranks the launcher tears down afterwards are not blamed), and carries 
 commands for the run: stack dumps of a rank, a restart (a new incarnation of the same run from its
 checkpoint, with the time budget left) and a stop. A run record per run is kept in Redis, so a
 restarted service still answers for its runs.
+
+Steps exchanged with the monitor lie on its one axis (``RunSpec.monitor_step``: the warm start's steps,
+then the RL steps), so checkpoints are reported and resume steps read through that mapping. A roll-back
+after a NaN asks for the data before a step to be skipped: the next incarnation gets it as
+``checkpoint.skip_data_until_step`` and drops those batches; the run's skipped steps count those, not
+the ones of the rolled-back stretch.
 """
 
 from __future__ import annotations
@@ -146,7 +152,12 @@ class _Run:
     scan_offset: int = 0
     resume_step: int = -1
     earlier_evals: list[dict[str, Any]] = field(default_factory=list)
-    earlier_skipped: int = 0
+    earlier_skipped_steps: list[int] = field(default_factory=list)
+    """Skipped steps of earlier incarnations that the current one did not redo (at or before its resume)."""
+    skipped_steps: list[int] = field(default_factory=list)
+    """Skipped steps of the current incarnation (from its status file)."""
+    skip_data_until_step: int = 0
+    """The RL step before which batches are dropped, from the monitor's latest roll-back after a NaN."""
     training_since: float = 0.0
     used_s: float = 0.0
     """RL wall time spent by earlier incarnations."""
@@ -341,7 +352,8 @@ class Trainer:
             last = run.earlier_evals[-1]["step"] if run.earlier_evals else -1
             record.evals = run.earlier_evals + [e for e in status.get("evals", []) if e["step"] > last]
             record.failure_reason = status.get("failure_reason", "")
-            record.num_skipped_steps = run.earlier_skipped + int(status.get("num_skipped_steps", 0))
+            run.skipped_steps = [int(s) for s in status.get("skipped_steps", [])]
+            record.num_skipped_steps = len(run.earlier_skipped_steps) + int(status.get("num_skipped_steps", 0))
             record.last_skip_reason = status.get("last_skip_reason", "") or record.last_skip_reason
             record.last_checkpoint = status.get("last_checkpoint", "") or record.last_checkpoint
             record.updated_at = float(status.get("updated_at", record.updated_at))
@@ -371,9 +383,8 @@ class Trainer:
             run.reported_checkpoint = record.last_checkpoint
             found = CHECKPOINT_NAME.match(Path(record.last_checkpoint).name)
             if found:
-                item = rpb.ReportRequest(
-                    checkpoint_saved=rpb.CheckpointSaved(step=int(found.group(1)), path=record.last_checkpoint)
-                )
+                step = record.spec.monitor_step(int(found.group(1)))
+                item = rpb.ReportRequest(checkpoint_saved=rpb.CheckpointSaved(step=step, path=record.last_checkpoint))
                 await self._report(run, 0, item)
         if record.state in ("COMPLETED", "STOPPED"):
             # Finished ranks stop their heartbeats: say so before the monitor takes the silence for a hang.
@@ -683,21 +694,39 @@ class Trainer:
                 run.used_s += time.time() - run.training_since
                 run.training_since = 0.0
             spec = record.spec
-            checkpoint = await asyncio.to_thread(_checkpoint_for, spec, record.run_dir, command.resume_step)
+            # The monitor's steps count the warm start's first (RunSpec.monitor_step).
+            resume_step = spec.rl_step(command.resume_step) if command.resume_step >= 0 else -1
+            checkpoint = (
+                None
+                if command.resume_step >= 0 and resume_step < 0  # back into the warm start: start afresh
+                else await asyncio.to_thread(_checkpoint_for, spec, record.run_dir, resume_step)
+            )
             resumed_from = checkpoint[0] if checkpoint else -1
+            if command.skip_data_until_step > 0:
+                run.skip_data_until_step = max(run.skip_data_until_step, spec.rl_step(command.skip_data_until_step))
             budget = max(spec.time_budget_s - run.used_s, MIN_RESTART_BUDGET_S) if spec.time_budget_s > 0 else 0.0
             launch = spec.replace(
                 time_budget_s=budget,
                 checkpoint=dataclasses.replace(
-                    spec.checkpoint, resume_from=str(checkpoint[1]) if checkpoint else spec.checkpoint.resume_from
+                    spec.checkpoint,
+                    resume_from=str(checkpoint[1]) if checkpoint else spec.checkpoint.resume_from,
+                    skip_data_until_step=max(run.skip_data_until_step, 0),
                 ),
             )
             run.earlier_evals = [e for e in record.evals if e["step"] <= max(resumed_from, 0)]
-            run.earlier_skipped = record.num_skipped_steps
+            # Skips after the checkpoint are redone (or skipped again) by the next incarnation: not counted twice.
+            run.earlier_skipped_steps = [s for s in run.earlier_skipped_steps + run.skipped_steps if s <= resumed_from]
+            run.skipped_steps = []
             run.resume_step = resumed_from
             record.incarnation += 1
             record.restarts.append(
-                {"at": time.time(), "why": command.reason, "resumed_from": resumed_from, "time_budget_s": budget}
+                {
+                    "at": time.time(),
+                    "why": command.reason,
+                    "resumed_from": resumed_from,
+                    "time_budget_s": budget,
+                    "skip_data_until_step": launch.checkpoint.skip_data_until_step,
+                }
             )
             spec_path = await asyncio.to_thread(_next_incarnation, record.run_dir, record.incarnation, launch)
             await self._register_ranks(run)

@@ -4,7 +4,9 @@ Every rank runs the same ``Engine``; ``Comm`` hides torch.distributed (world 1: 
 Gradients are summed over ranks after each rank scaled its loss by the *global* token or sample count,
 so an update is the same for any number of ranks. A non-finite loss or gradient norm is found after
 the all-reduce and before the optimiser step; every rank then skips the step together and it is
-reported, never applied.
+reported, never applied. Each rank also notes whether its *own* loss and gradients were finite before
+the all-reduce (``local_nonfinite``): only the rank where the NaN arose owns up to it, so the
+robustness monitor blames that rank, not whichever reports first.
 
 An RL step is PPO over one batch: ``ppo_epochs`` passes over ``mini_batch_size`` mini-batches, one
 optimiser step each, every ratio taken against the policy before the batch's first update (the
@@ -431,6 +433,10 @@ class Engine:
         self.times = StepTimes()
         self.poison_next_loss = False
         """Set by a fault injector: the next RL step's loss is NaN (found and skipped before the optimizer)."""
+        self.local_nonfinite = False
+        """Whether this rank's own loss or gradients were non-finite before the all-reduce, in the latest step."""
+        self.local_grad_norm = 0.0
+        """This rank's own gradient norm before the all-reduce, in the latest optimiser step."""
 
     # ----- building blocks -----
 
@@ -454,12 +460,24 @@ class Engine:
             offset += n
 
     def _finite_step(
-        self, optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter], loss_value: float, what: str
+        self,
+        optimizer: torch.optim.Optimizer,
+        params: list[torch.nn.Parameter],
+        loss_value: float,
+        what: str,
+        local_loss: float | None = None,
     ) -> tuple[bool, float, str]:
-        """All-reduce gradients, check loss and norm on every rank, then step; (applied, grad norm, reason)."""
+        """All-reduce gradients, check loss and norm on every rank, then step; (applied, grad norm, reason).
+
+        Before the all-reduce, notes whether this rank's own ``local_loss`` and gradients were finite
+        (``local_nonfinite``): after it, every rank sees the same NaN."""
+        local_norm = _grad_norm(params) if self.comm.world > 1 else None
         self._sync_grads(params)
-        grads = [p.grad for p in params if p.grad is not None]
-        norm = float(torch.norm(torch.stack([g.detach().float().norm() for g in grads]))) if grads else 0.0
+        norm = _grad_norm(params)
+        self.local_grad_norm = norm if local_norm is None else local_norm
+        own_loss = loss_value if local_loss is None else local_loss
+        if not (math.isfinite(own_loss) and math.isfinite(self.local_grad_norm)):
+            self.local_nonfinite = True
         bad_local = 0.0 if math.isfinite(loss_value) else 1.0
         bad = self.comm.sum_floats([bad_local, 0.0 if math.isfinite(norm) else 1.0])
         if bad[0] or bad[1]:
@@ -474,6 +492,18 @@ class Engine:
         return True, norm, ""
 
     # ----- supervised -----
+
+    def skip_batch(self, reason: str) -> None:
+        """Draw the next RL batch and drop it: the data cursor (the prompt stream here, the data plane's
+        plan when the batch came from there) moves past it, no update is made and the step counts as
+        skipped."""
+        if self.feed is not None:
+            self.feed.collect(self, self.step)
+        else:
+            self.collect_colocated(self.step)
+        self.step += 1
+        self.num_skipped += 1
+        self.reporter.skipped(self.step, reason)
 
     def sft_step(self, optimizer: torch.optim.Optimizer, batch_size: int) -> float:
         """One supervised step on the warm-start set's worked answers; returns the global mean token loss."""
@@ -508,8 +538,14 @@ class Engine:
         self.sft_cursor += 1
         return total
 
-    def warm_start(self, num_steps: int | None = None, time_budget_s: float | None = None) -> int:
-        """The supervised stage (or more of it): ``num_steps`` steps or until ``time_budget_s``; returns steps."""
+    def warm_start(
+        self,
+        num_steps: int | None = None,
+        time_budget_s: float | None = None,
+        on_step: Callable[[int], None] | None = None,
+    ) -> int:
+        """The supervised stage (or more of it): ``num_steps`` steps or until ``time_budget_s``; returns steps.
+        ``on_step(steps done)`` follows each step (progress for the robustness monitor)."""
         ws = self.spec.warm_start
         optimizer = self._adamw(self.model.parameters(), ws.learning_rate)
         steps = ws.num_steps if num_steps is None else num_steps
@@ -520,6 +556,8 @@ class Engine:
                 break
             self.sft_step(optimizer, ws.batch_size)
             done += 1
+            if on_step is not None:
+                on_step(done)
         self.warm_started = True
         return done
 
@@ -724,6 +762,8 @@ class Engine:
         optimizer_s = 0.0
         norms: list[float] = []
         applied, reason = True, ""
+        self.local_nonfinite = False
+        local_norms: list[float] = []
         policy_params = [p for p in self.model.parameters() if p.requires_grad]
         for epoch in range(spec.ppo_epochs):
             shuffle = _seeded(spec.seed, "minibatch", self.step, epoch, self.comm.rank)
@@ -749,15 +789,18 @@ class Engine:
                     stats += part
                 if self.poison_next_loss:
                     loss_total, self.poison_next_loss = torch.tensor(math.nan), False
-                loss_value = self.comm.sum_floats([float(loss_total)])[0]
+                local_loss = float(loss_total)
+                loss_value = self.comm.sum_floats([local_loss])[0]
                 t_opt = time.monotonic()
-                applied, norm, reason = self._optimizer_steps(policy_params, loss_value, pretraining_value)
+                applied, norm, reason = self._optimizer_steps(policy_params, loss_value, pretraining_value, local_loss)
                 optimizer_s += time.monotonic() - t_opt
                 norms.append(norm)
+                local_norms.append(self.local_grad_norm)
                 if not applied:
                     break
             if not applied:
                 break
+        local_pg_loss = float(stats[0])  # before the in-place all-reduce
         sums = self.comm.sum_(stats)
         reward_sums = self.comm.sum_floats(
             [sum(s.reward for s in samples), float(sum(int(not s.finished) for s in samples))]
@@ -766,7 +809,7 @@ class Engine:
         self.times.forward_backward_s = time.monotonic() - t_fb - optimizer_s
         if not applied:
             self.num_skipped += 1
-            self.reporter.skipped(self.step, reason)
+            self.reporter.skipped(self.step + 1, reason)
         num_steps = max(len(norms), 1)
         seen = max(float(sums[6]), 1.0)
         return {
@@ -785,6 +828,9 @@ class Engine:
             "forward_backward_s": self.times.forward_backward_s,
             "optimizer_s": self.times.optimizer_s,
             "applied": float(applied),
+            "local_nonfinite": float(self.local_nonfinite),
+            "local_grad_norm": statistics.fmean(local_norms) if local_norms else 0.0,
+            "local_policy_loss": local_pg_loss / num_steps,
         }
 
     def _on_policy(self, samples: Sequence[TrainSample]) -> bool:
@@ -901,18 +947,24 @@ class Engine:
         return loss, value_loss, part
 
     def _optimizer_steps(
-        self, policy_params: list[torch.nn.Parameter], loss_value: float, pretraining_value: bool
+        self,
+        policy_params: list[torch.nn.Parameter],
+        loss_value: float,
+        pretraining_value: bool,
+        local_loss: float | None = None,
     ) -> tuple[bool, float, str]:
         """Value model then policy (not while the value model pre-trains); (applied, grad norm, reason)."""
         spec = self.spec
         applied, norm, reason = True, 0.0, ""
         if self.value_model is not None and self.value_optimizer is not None:
             vparams = list(self.value_model.parameters())
-            applied, _, reason = self._finite_step(self.value_optimizer, vparams, loss_value, "value loss")
+            applied, _, reason = self._finite_step(self.value_optimizer, vparams, loss_value, "value loss", local_loss)
         if applied and not pretraining_value:
             for group in self.optimizer.param_groups:
                 group["lr"] = spec.optimizer.learning_rate * self._lr_scale(self.step)
-            applied, norm, reason = self._finite_step(self.optimizer, policy_params, loss_value, "policy loss")
+            applied, norm, reason = self._finite_step(
+                self.optimizer, policy_params, loss_value, "policy loss", local_loss
+            )
         else:
             self.optimizer.zero_grad(set_to_none=True)
         return applied, norm, reason
@@ -1005,9 +1057,17 @@ class Engine:
     # ----- the whole run -----
 
     def run(
-        self, control: Control | None = None, on_step: Callable[[int, dict[str, float]], None] | None = None
+        self,
+        control: Control | None = None,
+        on_step: Callable[[int, dict[str, float]], None] | None = None,
+        on_warm_start_step: Callable[[int], None] | None = None,
+        on_skipped_step: Callable[[int], None] | None = None,
     ) -> str:
-        """Warm start (unless resumed), then RL to num_steps / the budget / a stop; returns the end state."""
+        """Warm start (unless resumed), then RL to num_steps / the budget / a stop; returns the end state.
+
+        ``on_step(step, metrics)`` follows each RL step, ``on_warm_start_step(steps done)`` each warm-start
+        step and ``on_skipped_step(step)`` each step whose batch was dropped (``checkpoint.skip_data_until_step``).
+        """
         spec = self.spec
         control = control or Control()
         if spec.checkpoint.resume_from:
@@ -1018,7 +1078,7 @@ class Engine:
                 self.version = max(self.version, int(latest()))
         if not self.warm_started and spec.warm_start.num_steps > 0:
             self.reporter.state("WARM_START")
-            self.warm_start()
+            self.warm_start(on_step=on_warm_start_step)
             if spec.checkpoint.every_steps and self.checkpoint_dir is not None:
                 # A fault in the first RL steps then resumes after the warm start, not before it.
                 self.warm_started = True
@@ -1043,10 +1103,18 @@ class Engine:
                     end_state = "STOPPED"
                     self.reporter.state("STOPPING")
                 break
-            metrics = self.advance()
-            self.reporter.step(self.step, metrics)
-            if on_step is not None:
-                on_step(self.step, metrics)
+            if self.step + 1 < spec.checkpoint.skip_data_until_step:
+                self.skip_batch(
+                    f"batch dropped: it lies in the data window before step {spec.checkpoint.skip_data_until_step} "
+                    "that produced a non-finite loss before the roll-back"
+                )
+                if on_skipped_step is not None:
+                    on_skipped_step(self.step)
+            else:
+                metrics = self.advance()
+                self.reporter.step(self.step, metrics)
+                if on_step is not None:
+                    on_step(self.step, metrics)
             if spec.checkpoint.every_steps and self.step % spec.checkpoint.every_steps == 0:
                 self.save_checkpoint(self.checkpoint_path(self.step))
             if spec.eval.every_steps and self.step % spec.eval.every_steps == 0:
@@ -1100,6 +1168,12 @@ def _rollout_traces(
         else:
             links.append(trace.Link(collected, {"link.kind": "collect_batch"}))
     return parent, links
+
+
+def _grad_norm(params: Sequence[torch.nn.Parameter]) -> float:
+    """The global norm of the parameters' gradients (non-finite when any gradient is)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    return float(torch.norm(torch.stack([g.detach().float().norm() for g in grads]))) if grads else 0.0
 
 
 def _check_state(where: str, what: str, expected: dict[str, torch.Tensor], got: Any) -> None:

@@ -13,7 +13,6 @@ import logging
 import os
 import sys
 import traceback
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -40,27 +39,42 @@ def start_agent() -> Agent | None:
     """The robustness monitor's agent of this rank, when the launcher said where the monitor is."""
     agent = Agent.from_env()
     if agent is not None:
-        agent.start(timeout_s=10)  # phase STARTUP (warm start included) until the first RL step reports
+        agent.start(timeout_s=10)  # phase STARTUP until the first warm-start or RL step reports
     return agent
 
 
-def agent_reporter(agent: Agent | None) -> Callable[[int, dict[str, float]], None] | None:
-    """The engine's per-step callback that reports each step to the agent."""
-    if agent is None:
-        return None
+class MonitorReports:
+    """What this rank tells its robustness agent, on the monitor's axis of steps (``RunSpec.monitor_step``:
+    the warm start's steps, then the RL steps), where only a rising step is progress."""
 
-    def report(step: int, metrics: dict[str, float]) -> None:
-        agent.set_phase(Phase.FORWARD_BACKWARD, step)
-        agent.step_metrics(
-            step,
-            loss=metrics["policy_loss"],
-            grad_norm=metrics["grad_norm"],
-            has_nan_or_inf=not metrics["applied"],
+    def __init__(self, agent: Agent, spec: RunSpec) -> None:
+        self.agent = agent
+        self.spec = spec
+
+    def warm_start_step(self, done: int) -> None:
+        """Warm-start step ``done`` finished: progress, still in the start-up phase, so its allowance covers
+        each warm-start step (and the evaluation and first RL step after the last)."""
+        self.agent.set_phase(Phase.STARTUP, done + 1)
+
+    def rl_step(self, step: int, metrics: dict[str, float]) -> None:
+        """RL step ``step`` finished. ``has_nan_or_inf`` is this rank's own finding before the all-reduce
+        (after it every rank sees the same NaN); for a step not applied the loss and gradient norm are
+        this rank's own too, so a rank whose figures were finite is not blamed for another's NaN."""
+        applied = bool(metrics["applied"])
+        monitor_step = self.spec.monitor_step(step)
+        self.agent.set_phase(Phase.FORWARD_BACKWARD, monitor_step)
+        self.agent.step_metrics(
+            monitor_step,
+            loss=metrics["policy_loss"] if applied else metrics["local_policy_loss"],
+            grad_norm=metrics["grad_norm"] if applied else metrics["local_grad_norm"],
+            has_nan_or_inf=bool(metrics["local_nonfinite"]),
             step_time_s=metrics["step_time_s"],
             compute_time_s=metrics["forward_backward_s"],
         )
 
-    return report
+    def skipped_step(self, step: int) -> None:
+        """RL step ``step`` was skipped (its batch dropped): progress; the next step's data comes next."""
+        self.agent.set_phase(Phase.DATA, self.spec.monitor_step(step) + 1)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,12 +106,12 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint_dir = Path(spec.checkpoint.dir) if spec.checkpoint.dir else args.run_dir / "checkpoints"
         engine = Engine(spec, comm=comm, reporter=reporter, sink=sink, feed=feed, checkpoint_dir=checkpoint_dir)
         agent = start_agent()
-        report = agent_reporter(agent)
+        reports = MonitorReports(agent, spec) if agent is not None else None
         faults = FaultPlan(Path(os.environ[ENV_FAULT_FILE]), comm.rank) if os.environ.get(ENV_FAULT_FILE) else None
 
         def on_step(step: int, metrics: dict[str, float]) -> None:
-            if report is not None:
-                report(step, metrics)
+            if reports is not None:
+                reports.rl_step(step, metrics)
             fault = faults.due(step + 1) if faults is not None else None
             if fault is not None:
                 logger.warning("injected fault %s at step %d on rank %d", fault.kind, step + 1, comm.rank)
@@ -107,7 +121,12 @@ def main(argv: list[str] | None = None) -> int:
                     fire_blocking(fault)
 
         try:
-            engine.run(Control(stop_file=args.run_dir / STOP_FILE), on_step=on_step)
+            engine.run(
+                Control(stop_file=args.run_dir / STOP_FILE),
+                on_step=on_step,
+                on_warm_start_step=reports.warm_start_step if reports is not None else None,
+                on_skipped_step=reports.skipped_step if reports is not None else None,
+            )
         finally:
             if agent is not None:
                 agent.close()

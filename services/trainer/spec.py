@@ -175,6 +175,10 @@ class CheckpointConf:
     """Write one every this many steps; 0 for only at the end of the run."""
     resume_from: str = ""
     """Checkpoint file to resume from (any number of ranks)."""
+    skip_data_until_step: int = 0
+    """After resuming, the batches of the RL steps before this one are drawn and dropped, not trained on
+    (the data window that produced a NaN; the trainer service sets it when the robustness monitor rolls a
+    run back); those steps count as skipped. 0 skips nothing."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -319,14 +323,29 @@ class RunSpec:
         _check(e.every_steps >= 0, "eval.every_steps", e.every_steps, "must be >= 0")
         _check(1 <= e.max_new_tokens <= 4096, "eval.max_new_tokens", e.max_new_tokens, "must be in 1..4096")
         _check(self.checkpoint.every_steps >= 0, "checkpoint.every_steps", self.checkpoint.every_steps, "must be >= 0")
+        _check(
+            self.checkpoint.skip_data_until_step >= 0,
+            "checkpoint.skip_data_until_step",
+            self.checkpoint.skip_data_until_step,
+            "must be >= 0",
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able form; fields the RunConfig proto does not carry yet are left out at their defaults."""
-        data = dataclasses.asdict(self)
-        for name, default in _NOT_IN_PROTO_YET.items():
-            if data[name] == default:
-                del data[name]
-        return data
+        """Plain JSON-able form."""
+        return dataclasses.asdict(self)
+
+    def monitor_step(self, rl_step: int) -> int:
+        """The robustness monitor's step of RL step ``rl_step``.
+
+        The monitor sees one axis of training steps, on which only progress (a rising step) resets its
+        hang timeout: the warm start's steps come first (1 .. ``warm_start.num_steps``), RL step ``s``
+        is ``warm_start.num_steps + s``. A long warm start is thus progress, not a hang.
+        """
+        return self.warm_start.num_steps + rl_step
+
+    def rl_step(self, monitor_step: int) -> int:
+        """The RL step of a monitor step (``monitor_step`` inverted); negative inside the warm start."""
+        return monitor_step - self.warm_start.num_steps
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunSpec:
@@ -336,11 +355,6 @@ class RunSpec:
     def replace(self, **changes: Any) -> RunSpec:
         """A copy with top-level fields changed."""
         return dataclasses.replace(self, **changes)
-
-
-# The service turns ``to_dict`` into a RunConfig message, which refuses unknown fields: these new ones
-# stay out of it at their defaults until the proto carries them.
-_NOT_IN_PROTO_YET: dict[str, Any] = {"ppo_epochs": 1, "mini_batch_size": 0}
 
 
 def build_dataclass(cls: type, data: dict[str, Any], prefix: str = "") -> Any:

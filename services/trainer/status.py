@@ -44,6 +44,7 @@ class StatusFile:
             "evals": [],
             "failure_reason": "",
             "num_skipped_steps": 0,
+            "skipped_steps": [],
             "last_skip_reason": "",
             "last_checkpoint": "",
             "updated_at": time.time(),
@@ -76,7 +77,9 @@ class StatusFile:
 
     def skipped(self, step: int, reason: str) -> None:
         self.data["num_skipped_steps"] += 1
+        self.data["skipped_steps"].append(step)
         self.data["last_skip_reason"] = f"step {step}: {reason}"
+        self.data["step"] = max(self.data["step"], step)
         self._write()
 
     def published(self, version: int) -> None:

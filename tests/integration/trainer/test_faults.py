@@ -151,11 +151,18 @@ async def test_nan_and_hang_recover_through_the_trainer(
     nan_id = (await stack.trainer.start_run(pb.StartRunRequest(request_id="n", run_config_text=long_run()))).run_id
     incident = await recovered_incident(stack.monitor, nan_id)
     assert incident.fault == rb.FAULT_KIND_NAN, incident.summary
+    # Every rank skipped the step, but only rank 1's own loss was NaN before the all-reduce: it alone owns up.
+    assert incident.suspect_ranks[0] == 1, incident.summary
     assert [s.action for s in incident.recovery_steps] == [rb.RECOVERY_ACTION_ROLLBACK]
+    assert "data before step" in incident.recovery_steps[0].detail
     assert not fault_file.exists()  # fired once: the restarted ranks do not fire it again
     run = await wait_ended(stack.trainer, nan_id)
     assert run.state == pb.RUN_STATE_COMPLETED, run.failure_reason
-    assert run.num_skipped_steps == 1 and run.step == 30
+    assert run.step == 30 and run.incarnation == 1
+    # The restarted ranks dropped the batches from the checkpoint up to the NaN's (step 5), the last
+    # one skipped; the NaN step of the rolled-back stretch is not counted again.
+    assert run.last_skip_reason.startswith("step 5: batch dropped"), run.last_skip_reason
+    assert 1 <= run.num_skipped_steps <= 4, run.num_skipped_steps
 
     # "block": rank 1's main thread sleeps while its heartbeats go on (no progress); stacks single it out.
     arm(fault_file, ArmedFault("block", rank=1, step=5))

@@ -90,3 +90,46 @@ async def fetch(hub_address: str) -> dict[str, torch.Tensor]:
         version = await reader.latest_version()
         assert version == 3
         return {k: v.clone() for k, v in (await reader.fetch(version)).items()}
+
+
+async def test_a_skipped_step_draws_its_batch_from_the_data_plane_and_drops_it(redis_url: str) -> None:
+    dataplane = await create_dataplane(DataPlaneConfig(redis_url=redis_url, port=0, host="127.0.0.1", grace_s=0.2))
+    await dataplane.server.start()
+    dp_address = f"127.0.0.1:{dataplane.port}"
+    try:
+        async with DataPlaneClient(dp_address) as client:
+            plan_id = (await client.submit_plan(dp.SubmitPlanRequest(request_id="s", mixture_yaml=PLAN))).plan_id
+            spec = RunSpec.from_dict(
+                {
+                    "algorithm": "grpo",
+                    "model": {"config_json": TINY_MODEL},
+                    "num_steps": 3,
+                    "task": {"num_eval": 8},
+                    "warm_start": {"num_steps": 0},
+                    "rollout": {"prompts_per_step": 4, "group_size": 4, "max_new_tokens": 4},
+                    "checkpoint": {"skip_data_until_step": 2},
+                    "dataplane_plan_id": plan_id,
+                    "dataplane_address": dp_address,
+                }
+            )
+
+            def train() -> tuple[Engine, dict[int, dict[str, float]], list[int]]:
+                feed = connect_feed(spec, 0)
+                engine = Engine(spec, feed=feed)
+                trained: dict[int, dict[str, float]] = {}
+                skipped: list[int] = []
+                try:
+                    engine.run(on_step=trained.__setitem__, on_skipped_step=skipped.append)
+                finally:
+                    assert feed is not None
+                    feed.close()
+                return engine, trained, skipped
+
+            engine, trained, skipped = await asyncio.to_thread(train)
+            assert skipped == [1] and sorted(trained) == [2, 3]
+            assert engine.step == 3 and engine.version == 3  # the initial weights, then one per trained step
+            # The plan served the dropped batch too: its cursor moved past it.
+            stats = await client.stats(dp.StatsRequest(plan_id=plan_id))
+            assert stats.num_samples_served > sum(m["num_samples"] for m in trained.values())
+    finally:
+        await dataplane.stop(0.2)

@@ -21,6 +21,13 @@ def test_the_shipped_default_is_the_defaults() -> None:
     assert run.warm_start.num_steps > 0 and run.num_ranks == 2
 
 
+def test_ppo_epochs_and_mini_batches_reach_the_trainer() -> None:
+    default = parse_job_spec({}).run_config(plan_id="p")
+    assert default.ppo_epochs == 1 and default.mini_batch_size == 0
+    run = parse_job_spec({"algorithm": {"ppo_epochs": 2, "mini_batch_size": 32}}).run_config(plan_id="p")
+    assert run.ppo_epochs == 2 and run.mini_batch_size == 32
+
+
 def test_a_partial_spec_keeps_the_other_defaults(tmp_path: Path) -> None:
     path = tmp_path / "job.yaml"
     path.write_text("rollout: {completion_ratio: 0.5}\nmodel: {hidden_size: 64, num_attention_heads: 2}\n")
@@ -44,6 +51,10 @@ def test_a_partial_spec_keeps_the_other_defaults(tmp_path: Path) -> None:
         ({"eval": {"num_prompts": 10**6}}, "eval.num_prompts"),
         ({"rolout": {}}, "rolout"),
         ({"model": {"hidden_size": 100, "num_attention_heads": 3}}, "model.hidden_size"),
+        ({"algorithm": {"ppo_epochs": 0}}, "algorithm.ppo_epochs"),
+        ({"algorithm": {"ppo_epochs": "two"}}, "algorithm.ppo_epochs"),
+        ({"algorithm": {"mini_batch_size": 1}}, "algorithm.mini_batch_size"),
+        ({"algorithm": {"mini_batch_size": 129}}, "algorithm.mini_batch_size"),
     ],
 )
 def test_a_bad_spec_is_refused_with_the_field_named(data: dict[str, object], field: str) -> None:

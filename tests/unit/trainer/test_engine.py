@@ -120,3 +120,46 @@ def test_bad_run_configs_name_the_field() -> None:
         with pytest.raises(InvalidArgument) as err:
             RunSpec.from_dict(data)
         assert needle in err.value.message
+
+
+def test_a_poisoned_step_is_owned_by_this_rank_and_reported_under_its_own_number(tmp_path: Path) -> None:
+    status = StatusFile(tmp_path)
+    engine = Engine(RunSpec.from_dict(tiny_spec(algorithm="grpo")), reporter=status)
+    clean = engine.advance()
+    assert clean["applied"] == 1.0 and clean["local_nonfinite"] == 0.0
+    engine.poison_next_loss = True
+    poisoned = engine.advance()
+    assert poisoned["applied"] == 0.0 and poisoned["local_nonfinite"] == 1.0
+    # The figures a rank reports for a step it did not apply are its own, finite where they were.
+    assert math.isfinite(poisoned["local_grad_norm"]) and math.isfinite(poisoned["local_policy_loss"])
+    reported = read_status(tmp_path)
+    assert reported["skipped_steps"] == [2] and reported["last_skip_reason"].startswith("step 2: non-finite")
+
+
+def test_a_resumed_run_drops_the_batches_before_skip_data_until_step(tmp_path: Path) -> None:
+    spec = RunSpec.from_dict(tiny_spec(algorithm="grpo", warm_start={"num_steps": 0}))
+    first = Engine(spec, checkpoint_dir=tmp_path)
+    first.advance()
+    path = first.save_checkpoint(first.checkpoint_path(first.step))
+    version = first.version
+    resumed_spec = RunSpec.from_dict(
+        tiny_spec(
+            algorithm="grpo",
+            warm_start={"num_steps": 0},
+            num_steps=4,
+            checkpoint={"resume_from": str(path), "skip_data_until_step": 4},
+        )
+    )
+    run_dir = tmp_path / "resumed"
+    run_dir.mkdir()
+    resumed = Engine(resumed_spec, reporter=StatusFile(run_dir))
+    trained: list[int] = []
+    skipped: list[int] = []
+    assert resumed.run(on_step=lambda step, _: trained.append(step), on_skipped_step=skipped.append) == "COMPLETED"
+    # Steps 2 and 3 drew their batches and dropped them; step 4 trained on the batch after them.
+    assert skipped == [2, 3] and trained == [4]
+    assert resumed.prompt_cursor == 4 * spec.rollout.prompts_per_step
+    assert resumed.version == version + 1  # only the trained step made a version
+    reported = read_status(run_dir)
+    assert reported["num_skipped_steps"] == 2 and reported["skipped_steps"] == [2, 3] and reported["step"] == 4
+    assert "step 3: batch dropped" in reported["last_skip_reason"]

@@ -8,6 +8,7 @@ import torch
 
 from services.common.errors import InvalidArgument
 from services.trainer.engine import Engine, TrainSample
+from services.trainer.servicer import spec_from_proto, spec_to_proto
 from services.trainer.spec import RunSpec
 from tests.unit.trainer.conftest import tiny_spec
 
@@ -111,8 +112,20 @@ def test_out_of_range_ppo_settings_name_the_field(changes: dict[str, object], ne
     assert needle in err.value.message
 
 
-def test_ppo_settings_round_trip_and_stay_out_of_the_dict_at_their_defaults() -> None:
+def test_ppo_settings_travel_in_the_run_config_both_ways() -> None:
     spec = RunSpec.from_dict(tiny_spec(ppo_epochs=3, mini_batch_size=8))
     assert RunSpec.from_dict(spec.to_dict()) == spec
-    default = RunSpec.from_dict(tiny_spec()).to_dict()
-    assert "ppo_epochs" not in default and "mini_batch_size" not in default
+    message = spec_to_proto(spec)
+    assert message.ppo_epochs == 3 and message.mini_batch_size == 8
+    assert spec_from_proto(message) == spec
+    # Left at zero on the wire: the defaults (one pass over the whole batch).
+    message.ClearField("ppo_epochs")
+    message.ClearField("mini_batch_size")
+    default = spec_from_proto(message)
+    assert default.ppo_epochs == 1 and default.mini_batch_size == 0
+    assert spec_to_proto(default).ppo_epochs == 1
+    # And refused by name when out of range.
+    message.ppo_epochs = 65
+    with pytest.raises(InvalidArgument) as err:
+        spec_from_proto(message)
+    assert "ppo_epochs=65" in err.value.message

@@ -150,17 +150,19 @@ class EvalConfig(_message.Message):
     def __init__(self, path: _Optional[str] = ..., num_prompts: _Optional[int] = ..., every_steps: _Optional[int] = ..., max_new_tokens: _Optional[int] = ...) -> None: ...
 
 class CheckpointConfig(_message.Message):
-    __slots__ = ("dir", "every_steps", "resume_from")
+    __slots__ = ("dir", "every_steps", "resume_from", "skip_data_until_step")
     DIR_FIELD_NUMBER: _ClassVar[int]
     EVERY_STEPS_FIELD_NUMBER: _ClassVar[int]
     RESUME_FROM_FIELD_NUMBER: _ClassVar[int]
+    SKIP_DATA_UNTIL_STEP_FIELD_NUMBER: _ClassVar[int]
     dir: str
     every_steps: int
     resume_from: str
-    def __init__(self, dir: _Optional[str] = ..., every_steps: _Optional[int] = ..., resume_from: _Optional[str] = ...) -> None: ...
+    skip_data_until_step: int
+    def __init__(self, dir: _Optional[str] = ..., every_steps: _Optional[int] = ..., resume_from: _Optional[str] = ..., skip_data_until_step: _Optional[int] = ...) -> None: ...
 
 class RunConfig(_message.Message):
-    __slots__ = ("algorithm", "model", "num_ranks", "device", "seed", "num_steps", "time_budget_s", "dataplane_plan_id", "weighthub_model", "optimizer", "policy_loss", "dapo", "vapo", "warm_start", "eval", "checkpoint", "task", "rollout", "num_threads")
+    __slots__ = ("algorithm", "model", "num_ranks", "device", "seed", "num_steps", "time_budget_s", "dataplane_plan_id", "weighthub_model", "optimizer", "policy_loss", "dapo", "vapo", "warm_start", "eval", "checkpoint", "task", "rollout", "num_threads", "ppo_epochs", "mini_batch_size")
     ALGORITHM_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     NUM_RANKS_FIELD_NUMBER: _ClassVar[int]
@@ -180,6 +182,8 @@ class RunConfig(_message.Message):
     TASK_FIELD_NUMBER: _ClassVar[int]
     ROLLOUT_FIELD_NUMBER: _ClassVar[int]
     NUM_THREADS_FIELD_NUMBER: _ClassVar[int]
+    PPO_EPOCHS_FIELD_NUMBER: _ClassVar[int]
+    MINI_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     algorithm: Algorithm
     model: _common_pb2.ModelSpec
     num_ranks: int
@@ -199,7 +203,9 @@ class RunConfig(_message.Message):
     task: TaskConfig
     rollout: RolloutConfig
     num_threads: int
-    def __init__(self, algorithm: _Optional[_Union[Algorithm, str]] = ..., model: _Optional[_Union[_common_pb2.ModelSpec, _Mapping]] = ..., num_ranks: _Optional[int] = ..., device: _Optional[str] = ..., seed: _Optional[int] = ..., num_steps: _Optional[int] = ..., time_budget_s: _Optional[float] = ..., dataplane_plan_id: _Optional[str] = ..., weighthub_model: _Optional[str] = ..., optimizer: _Optional[_Union[OptimizerConfig, _Mapping]] = ..., policy_loss: _Optional[_Union[PolicyLossConfig, _Mapping]] = ..., dapo: _Optional[_Union[DapoConfig, _Mapping]] = ..., vapo: _Optional[_Union[VapoConfig, _Mapping]] = ..., warm_start: _Optional[_Union[WarmStartConfig, _Mapping]] = ..., eval: _Optional[_Union[EvalConfig, _Mapping]] = ..., checkpoint: _Optional[_Union[CheckpointConfig, _Mapping]] = ..., task: _Optional[_Union[TaskConfig, _Mapping]] = ..., rollout: _Optional[_Union[RolloutConfig, _Mapping]] = ..., num_threads: _Optional[int] = ...) -> None: ...
+    ppo_epochs: int
+    mini_batch_size: int
+    def __init__(self, algorithm: _Optional[_Union[Algorithm, str]] = ..., model: _Optional[_Union[_common_pb2.ModelSpec, _Mapping]] = ..., num_ranks: _Optional[int] = ..., device: _Optional[str] = ..., seed: _Optional[int] = ..., num_steps: _Optional[int] = ..., time_budget_s: _Optional[float] = ..., dataplane_plan_id: _Optional[str] = ..., weighthub_model: _Optional[str] = ..., optimizer: _Optional[_Union[OptimizerConfig, _Mapping]] = ..., policy_loss: _Optional[_Union[PolicyLossConfig, _Mapping]] = ..., dapo: _Optional[_Union[DapoConfig, _Mapping]] = ..., vapo: _Optional[_Union[VapoConfig, _Mapping]] = ..., warm_start: _Optional[_Union[WarmStartConfig, _Mapping]] = ..., eval: _Optional[_Union[EvalConfig, _Mapping]] = ..., checkpoint: _Optional[_Union[CheckpointConfig, _Mapping]] = ..., task: _Optional[_Union[TaskConfig, _Mapping]] = ..., rollout: _Optional[_Union[RolloutConfig, _Mapping]] = ..., num_threads: _Optional[int] = ..., ppo_epochs: _Optional[int] = ..., mini_batch_size: _Optional[int] = ...) -> None: ...
 
 class StartRunRequest(_message.Message):
     __slots__ = ("request_id", "run_config", "run_config_text")
