@@ -410,13 +410,30 @@ class DataPlane:
         await self._save_control(fresh, closed=False)
         return fresh
 
+    async def _rl_consumed(self, runtime: PlanRuntime) -> bool:
+        """Whether an RL plan has built a batch (here or, before a restart, in Redis)."""
+        if runtime.rl_next_step > 0 or runtime.rl_batches:
+            return True
+        async for _ in self.meta.client.scan_iter(self.meta.key("plan", runtime.plan_id, "rlbatch", "*"), count=100):
+            return True
+        return False
+
     async def _restore_locked(self, runtime: PlanRuntime, step: int, num_ranks: int) -> dict[str, Any]:
         if runtime.prefetch is not None:
             runtime.prefetch.cancel()
         checkpoint_step = await runtime.checkpoints.nearest(step)
-        if runtime.buffer is not None:
+        fresh_rl = runtime.buffer is not None and checkpoint_step is None and step == 0
+        if fresh_rl and not await self._rl_consumed(runtime):
+            # A fresh plan already serves step 0 next: a trainer resuming from a checkpoint that holds no cursor
+            # of this plan (a warm start shared by several runs) asks for step 0, and the buffered samples and
+            # prompts out for that step stay.
+            pass
+        elif runtime.buffer is not None:
             if checkpoint_step is None:
-                raise FailedPrecondition(f"step={step}: an RL plan restores only to a checkpoint; none at or before it")
+                raise FailedPrecondition(
+                    f"step={step}: an RL plan restores only to a checkpoint (none at or before it), "
+                    f"or to step 0 before any batch is served (next step {runtime.rl_next_step})"
+                )
             entries = await runtime.checkpoints.load(checkpoint_step)
             runtime.buffer.load_entries(entries)
             runtime.prompt_mix = MixState.from_json(entries["mix"])

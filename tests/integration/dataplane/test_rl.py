@@ -156,3 +156,28 @@ async def test_rl_checkpoint_and_restore(client: DataPlaneClient) -> None:
     # The prompt stream is rewound too: the next draw is the one handed out after the checkpoint.
     again = await prompts(client, plan_id, 1, "q2")
     assert again[0].prompt_id == after[0].prompt_id and again[0].group_id == after[0].group_id
+
+
+async def test_fresh_rl_plan_restores_to_step_0(client: DataPlaneClient) -> None:
+    """A trainer resuming from a checkpoint taken on another plan (a shared warm start) rewinds a fresh
+    plan to step 0: nothing is served yet, so it succeeds and keeps what rollouts already put in."""
+    plan_id = (await client.submit_plan(pb.SubmitPlanRequest(request_id="rl", mixture_yaml=RL_SPEC))).plan_id
+    group = await prompts(client, plan_id, 2, "p")
+    await client.put_sample_list(plan_id, "r", [scored(group[0], i, float(i % 2)) for i in range(GROUP)])
+    # Beyond step 0 there is nothing to restore to.
+    with pytest.raises(RPCError) as err:
+        await client.restore(pb.RestoreRequest(request_id="ahead", plan_id=plan_id, step=3))
+    assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION and "step=3" in err.value.details
+    restored = await client.restore(pb.RestoreRequest(request_id="fresh", plan_id=plan_id, step=0, num_ranks=1))
+    assert (restored.step, restored.num_ranks, restored.checkpoint_step) == (0, 1, -1)
+    stats = await client.stats(pb.StatsRequest(plan_id=plan_id))
+    assert stats.buffer.num_buffered_samples == GROUP and stats.buffer.num_prompts_outstanding == 1
+    # The plan serves step 0 to the one rank asked for, from the samples put before the restore and after it.
+    await client.put_sample_list(plan_id, "r", [scored(group[1], i, float(i % 2)) for i in range(GROUP)])
+    batch = await client.next_batch(pb.NextBatchRequest(plan_id=plan_id, rank=0, step=0, policy_version=1))
+    assert batch.num_ranks == 1 and len(batch.samples) == 2 * GROUP
+    # Once a batch is served, step 0 is a checkpoint's business again: without one it is refused.
+    with pytest.raises(RPCError) as err:
+        await client.restore(pb.RestoreRequest(request_id="again", plan_id=plan_id, step=0))
+    assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert "step=0" in err.value.details and "next step 1" in err.value.details
