@@ -19,17 +19,6 @@ from tests.support import assert_eventually, free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parents[2]
-# One RL step is one trace across all four services once both halves have landed: the rollout worker
-# stamps each sample with its trace context (sample.metadata["traceparent"], services/rollout) and the
-# trainer's data-plane feed hands each sample's metadata on to the step, whose "trainer.rl_step" span
-# continues that trace (services/trainer/remote.py). Until then the step's trace holds the trainer,
-# data plane and weight hub only. Once both are in for good, this can simply be True.
-STEP_TRACE_CROSSES_ROLLOUT = (
-    'metadata["traceparent"]' in (ROOT / "services" / "rollout" / "streaming.py").read_text()
-    and "metadata=" in (ROOT / "services" / "trainer" / "remote.py").read_text()
-)
-
 TINY_JOB = """
 name: tiny
 time_budget_s: 240
@@ -66,10 +55,9 @@ def assert_step_trace(figures: dict[str, object], report: str) -> None:
     trace = figures["trace"]
     assert isinstance(trace, dict) and trace.get("trace_id"), trace
     assert {"trainer-rank", "weighthub"} <= set(trace["services"]), trace
-    if STEP_TRACE_CROSSES_ROLLOUT:
-        assert trace["missing"] == [], f"one RL step should cross {STEP_TRACE_SERVICES}: {trace}"
-    else:
-        assert trace["missing"] == ["rollout"], trace
+    # The rollout worker stamps each sample with its round's trace context and the trainer's step span
+    # continues it, so one RL step is one trace across all four services.
+    assert trace["missing"] == [], f"one RL step should cross {STEP_TRACE_SERVICES}: {trace}"
     assert trace["trace_id"] in report and trace["view"] in report
     shown = seedctl(*trace["view"].split()[1:], timeout_s=60)
     assert shown.returncode == 0 and "trainer.rl_step" in shown.stdout, shown.stderr
