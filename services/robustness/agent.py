@@ -4,6 +4,9 @@ Usage in a training loop (sync code; the gRPC side runs on a background thread):
 
     agent = Agent.from_env() or Agent(address, job_id="run-1", rank=rank, world_size=world)
     agent.start()
+    for done in range(1, num_warm_start_steps + 1):
+        ...
+        agent.startup_progress(done)  # long start-up work is progress, with no step number of its own
     for step in ...:
         with agent.phase(Phase.FORWARD_BACKWARD, step):
             ...
@@ -90,6 +93,8 @@ class Agent:
         self._queue_size = queue_size
         self.step = 0
         self.current_phase = Phase.STARTUP
+        self.startup_units_done = 0
+        """Start-up work done so far (``startup_progress``), sent with every heartbeat."""
         self.num_dropped = 0
         self.generation = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -147,7 +152,17 @@ class Agent:
         if step is not None:
             self.step = step
         if changed:
-            self._put(pb.ReportRequest(heartbeat=pb.Heartbeat(step=self.step, phase=int(phase))))  # type: ignore[arg-type]
+            self._beat()
+
+    def startup_progress(self, units_done: int) -> None:
+        """Say that ``units_done`` units of start-up work are done (e.g. warm-start steps, counted from 0):
+        the process is in the start-up phase, and each rise is progress to the monitor before the first
+        step, without a step number of its own. Beats at once."""
+        if units_done < 0:
+            raise ValueError(f"units_done={units_done}: must be >= 0")
+        self.current_phase = Phase.STARTUP
+        self.startup_units_done = units_done
+        self._beat()
 
     @contextlib.contextmanager
     def phase(self, phase: Phase, step: int | None = None) -> Iterator[None]:
@@ -211,6 +226,14 @@ class Agent:
             faulthandler.unregister(signal.SIGUSR1)
             self._stack_file.close()
             self._stack_file = None
+
+    def _beat(self) -> None:
+        heartbeat = pb.Heartbeat(
+            step=self.step,
+            phase=int(self.current_phase),  # type: ignore[arg-type]
+            startup_progress=self.startup_units_done,
+        )
+        self._put(pb.ReportRequest(heartbeat=heartbeat))
 
     def _put(self, request: pb.ReportRequest) -> None:
         loop = self._loop
@@ -284,7 +307,7 @@ class Agent:
     async def _heartbeats(self) -> None:
         assert self._interval_s is not None
         while True:
-            self._put(pb.ReportRequest(heartbeat=pb.Heartbeat(step=self.step, phase=int(self.current_phase))))  # type: ignore[arg-type]
+            self._beat()
             await asyncio.sleep(self._interval_s)
 
     async def _stream(self, client: RobustnessClient) -> None:

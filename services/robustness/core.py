@@ -93,15 +93,23 @@ class AgentState:
     phase_since_s: float = 0.0
     num_heartbeats: int = 0
     exit_code: int | None = None
+    startup_progress: int = 0
+    """The highest start-up progress (e.g. warm-start steps) this agent reported in STARTUP. Not kept in
+    Redis: a rebuilt controller restarts every progress timer anyway, and state written by an older
+    controller (or read by one) stays loadable."""
 
     def to_json(self) -> dict[str, Any]:
         """What is kept in Redis."""
-        return {k: (int(v) if isinstance(v, Phase) else v) for k, v in self.__dict__.items()}
+        return {k: (int(v) if isinstance(v, Phase) else v) for k, v in self.__dict__.items() if k not in _NOT_PERSISTED}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> AgentState:
         """The inverse of ``to_json``."""
         return cls(**{**data, "phase": Phase(data["phase"])})
+
+
+_NOT_PERSISTED = frozenset({"startup_progress"})
+"""Fields of ``AgentState`` left out of Redis."""
 
 
 @dataclass
@@ -457,6 +465,11 @@ class Controller:
             job.timeouts.observe_phase(agent.phase, now - agent.phase_since_s)
             agent.phase, agent.phase_since_s = hb.phase, now
         agent.step = hb.step
+        if hb.phase == Phase.STARTUP and hb.startup_progress > agent.startup_progress:
+            # Start-up work done (a warm-start step): progress before the first step. The hang timer
+            # restarts; the step is untouched, so step numbers stay the job's own.
+            agent.startup_progress = hb.startup_progress
+            job.last_progress_s = now
         # Being in step s means step s-1 is done: progress for jobs that send no step metrics.
         self._progress(job, agent, hb.step - 1, now)
         return True
@@ -813,9 +826,11 @@ class Controller:
         return resume, detail
 
     async def _wait_progress(self, job: JobState, resume_step: int) -> bool:
+        """Whether the job makes progress past ``resume_step`` (or, restarted, through its start-up work)
+        within the recovery timeout; False at once when a process of the current generation crashes."""
         deadline = self.clock() + self.config.recovery_timeout_s
         while self.clock() < deadline:
-            if job.progress_step > resume_step:
+            if job.progress_step > resume_step or self._starting_up(job):
                 return True
             crashed = [
                 a
@@ -826,6 +841,12 @@ class Controller:
                 return False
             await asyncio.sleep(self.config.check_interval_s)
         return False
+
+    def _starting_up(self, job: JobState) -> bool:
+        """Whether a process of the job's current generation has reported start-up progress (a long warm
+        start after a restart is progress, well before its first step)."""
+        agents = (self.agents.get(a) for a in job.ranks.values())
+        return any(a is not None and a.generation == job.generation and a.startup_progress > 0 for a in agents)
 
     async def _stop_job(self, job: JobState, incident: Incident) -> None:
         now = self.clock()

@@ -133,6 +133,8 @@ class Heartbeat:
 
     step: int
     phase: Phase
+    startup_progress: int = 0
+    """Units of start-up work done (e.g. warm-start steps): a rising value in STARTUP is progress."""
 
 
 @dataclass

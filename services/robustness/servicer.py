@@ -40,9 +40,12 @@ def item_from_proto(request: pb.ReportRequest, max_text_bytes: int) -> ReportIte
     """The domain item of one ReportRequest; InvalidArgument when it carries none or a bad value."""
     which = request.WhichOneof("item")
     if which == "heartbeat":
-        if request.heartbeat.phase not in Phase._value2member_map_:
-            raise InvalidArgument(f"heartbeat.phase={request.heartbeat.phase}: unknown phase")
-        return Heartbeat(request.heartbeat.step, Phase(request.heartbeat.phase))
+        hb = request.heartbeat
+        if hb.phase not in Phase._value2member_map_:
+            raise InvalidArgument(f"heartbeat.phase={hb.phase}: unknown phase")
+        if hb.startup_progress < 0:
+            raise InvalidArgument(f"heartbeat.startup_progress={hb.startup_progress}: must be >= 0")
+        return Heartbeat(hb.step, Phase(hb.phase), hb.startup_progress)
     if which == "step_metrics":
         m = request.step_metrics
         return StepMetrics(m.step, m.loss, m.grad_norm, m.has_nan_or_inf, m.step_time_s, m.compute_time_s)

@@ -12,11 +12,10 @@ commands for the run: stack dumps of a rank, a restart (a new incarnation of the
 checkpoint, with the time budget left) and a stop. A run record per run is kept in Redis, so a
 restarted service still answers for its runs.
 
-Steps exchanged with the monitor lie on its one axis (``RunSpec.monitor_step``: the warm start's steps,
-then the RL steps), so checkpoints are reported and resume steps read through that mapping. A roll-back
-after a NaN asks for the data before a step to be skipped: the next incarnation gets it as
-``checkpoint.skip_data_until_step`` and drops those batches; the run's skipped steps count those, not
-the ones of the rolled-back stretch.
+Steps exchanged with the monitor are the run's RL steps (checkpoints, resume and skip steps); the warm
+start reaches it as start-up progress, not as steps. A roll-back after a NaN asks for the data before a
+step to be skipped: the next incarnation gets it as ``checkpoint.skip_data_until_step`` and drops those
+batches; the run's skipped steps count those, not the ones of the rolled-back stretch.
 """
 
 from __future__ import annotations
@@ -383,8 +382,8 @@ class Trainer:
             run.reported_checkpoint = record.last_checkpoint
             found = CHECKPOINT_NAME.match(Path(record.last_checkpoint).name)
             if found:
-                step = record.spec.monitor_step(int(found.group(1)))
-                item = rpb.ReportRequest(checkpoint_saved=rpb.CheckpointSaved(step=step, path=record.last_checkpoint))
+                saved = rpb.CheckpointSaved(step=int(found.group(1)), path=record.last_checkpoint)
+                item = rpb.ReportRequest(checkpoint_saved=saved)
                 await self._report(run, 0, item)
         if record.state in ("COMPLETED", "STOPPED"):
             # Finished ranks stop their heartbeats: say so before the monitor takes the silence for a hang.
@@ -694,16 +693,10 @@ class Trainer:
                 run.used_s += time.time() - run.training_since
                 run.training_since = 0.0
             spec = record.spec
-            # The monitor's steps count the warm start's first (RunSpec.monitor_step).
-            resume_step = spec.rl_step(command.resume_step) if command.resume_step >= 0 else -1
-            checkpoint = (
-                None
-                if command.resume_step >= 0 and resume_step < 0  # back into the warm start: start afresh
-                else await asyncio.to_thread(_checkpoint_for, spec, record.run_dir, resume_step)
-            )
+            checkpoint = await asyncio.to_thread(_checkpoint_for, spec, record.run_dir, command.resume_step)
             resumed_from = checkpoint[0] if checkpoint else -1
             if command.skip_data_until_step > 0:
-                run.skip_data_until_step = max(run.skip_data_until_step, spec.rl_step(command.skip_data_until_step))
+                run.skip_data_until_step = max(run.skip_data_until_step, command.skip_data_until_step)
             budget = max(spec.time_budget_s - run.used_s, MIN_RESTART_BUDGET_S) if spec.time_budget_s > 0 else 0.0
             launch = spec.replace(
                 time_budget_s=budget,

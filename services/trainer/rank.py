@@ -44,27 +44,26 @@ def start_agent() -> Agent | None:
 
 
 class MonitorReports:
-    """What this rank tells its robustness agent, on the monitor's axis of steps (``RunSpec.monitor_step``:
-    the warm start's steps, then the RL steps), where only a rising step is progress."""
+    """What this rank tells its robustness agent. Steps are the RL steps, as in checkpoints, logs and the
+    run's status; the warm start, which has none, is start-up progress."""
 
-    def __init__(self, agent: Agent, spec: RunSpec) -> None:
+    def __init__(self, agent: Agent) -> None:
         self.agent = agent
-        self.spec = spec
 
     def warm_start_step(self, done: int) -> None:
-        """Warm-start step ``done`` finished: progress, still in the start-up phase, so its allowance covers
-        each warm-start step (and the evaluation and first RL step after the last)."""
-        self.agent.set_phase(Phase.STARTUP, done + 1)
+        """Warm-start step ``done`` finished: start-up progress (it restarts the monitor's hang timer), still
+        in the start-up phase, so its allowance covers each warm-start step (and the evaluation and first
+        RL step after the last)."""
+        self.agent.startup_progress(done)
 
     def rl_step(self, step: int, metrics: dict[str, float]) -> None:
         """RL step ``step`` finished. ``has_nan_or_inf`` is this rank's own finding before the all-reduce
         (after it every rank sees the same NaN); for a step not applied the loss and gradient norm are
         this rank's own too, so a rank whose figures were finite is not blamed for another's NaN."""
         applied = bool(metrics["applied"])
-        monitor_step = self.spec.monitor_step(step)
-        self.agent.set_phase(Phase.FORWARD_BACKWARD, monitor_step)
+        self.agent.set_phase(Phase.FORWARD_BACKWARD, step)
         self.agent.step_metrics(
-            monitor_step,
+            step,
             loss=metrics["policy_loss"] if applied else metrics["local_policy_loss"],
             grad_norm=metrics["grad_norm"] if applied else metrics["local_grad_norm"],
             has_nan_or_inf=bool(metrics["local_nonfinite"]),
@@ -74,7 +73,7 @@ class MonitorReports:
 
     def skipped_step(self, step: int) -> None:
         """RL step ``step`` was skipped (its batch dropped): progress; the next step's data comes next."""
-        self.agent.set_phase(Phase.DATA, self.spec.monitor_step(step) + 1)
+        self.agent.set_phase(Phase.DATA, step + 1)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint_dir = Path(spec.checkpoint.dir) if spec.checkpoint.dir else args.run_dir / "checkpoints"
         engine = Engine(spec, comm=comm, reporter=reporter, sink=sink, feed=feed, checkpoint_dir=checkpoint_dir)
         agent = start_agent()
-        reports = MonitorReports(agent, spec) if agent is not None else None
+        reports = MonitorReports(agent) if agent is not None else None
         faults = FaultPlan(Path(os.environ[ENV_FAULT_FILE]), comm.rank) if os.environ.get(ENV_FAULT_FILE) else None
 
         def on_step(step: int, metrics: dict[str, float]) -> None:

@@ -334,19 +334,6 @@ class RunSpec:
         """Plain JSON-able form."""
         return dataclasses.asdict(self)
 
-    def monitor_step(self, rl_step: int) -> int:
-        """The robustness monitor's step of RL step ``rl_step``.
-
-        The monitor sees one axis of training steps, on which only progress (a rising step) resets its
-        hang timeout: the warm start's steps come first (1 .. ``warm_start.num_steps``), RL step ``s``
-        is ``warm_start.num_steps + s``. A long warm start is thus progress, not a hang.
-        """
-        return self.warm_start.num_steps + rl_step
-
-    def rl_step(self, monitor_step: int) -> int:
-        """The RL step of a monitor step (``monitor_step`` inverted); negative inside the warm start."""
-        return monitor_step - self.warm_start.num_steps
-
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunSpec:
         """Build from a (partial) mapping; unknown keys are refused by name."""

@@ -90,6 +90,11 @@ async def test_unregistered_superseded_and_out_of_order_reports(server: GrpcServ
         with pytest.raises(RPCError) as err:
             await client.report(_items(pb.ReportRequest(agent_id=agent)))
         assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT and "empty" in err.value.details
+        with pytest.raises(RPCError) as err:
+            beat = pb.Heartbeat(step=6, phase=1, startup_progress=-2)
+            await client.report(_items(pb.ReportRequest(agent_id=agent, heartbeat=beat)))
+        assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert "heartbeat.startup_progress=-2" in err.value.details
         # The rank's process restarted and registered again: the old id is refused, saying why.
         await client.register_agent(_register(0, "req-restart"))
         with pytest.raises(RPCError) as err:

@@ -26,23 +26,23 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from seedstack.common.v1 import common_pb2 as seedstack_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(seedstack/robustness/v1/robustness.proto\x12\x17seedstack.robustness.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a seedstack/common/v1/common.proto\"+\n\x0cProcessGroup\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05ranks\x18\x02 \x03(\r\"\xe8\x01\n\x14RegisterAgentRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x0c\n\x04rank\x18\x03 \x01(\r\x12\x12\n\nworld_size\x18\x04 \x01(\r\x12\x35\n\x08topology\x18\x05 \x01(\x0b\x32#.seedstack.common.v1.TopologyLabels\x12\x0b\n\x03pid\x18\x06 \x01(\x05\x12\x35\n\x06groups\x18\x07 \x03(\x0b\x32%.seedstack.robustness.v1.ProcessGroup\x12\x0f\n\x07standby\x18\x08 \x01(\x08\"[\n\x15RegisterAgentResponse\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x1c\n\x14heartbeat_interval_s\x18\x02 \x01(\x01\x12\x12\n\ngeneration\x18\x03 \x01(\x04\"H\n\tHeartbeat\x12\x0c\n\x04step\x18\x01 \x01(\x03\x12-\n\x05phase\x18\x02 \x01(\x0e\x32\x1e.seedstack.robustness.v1.Phase\"\x81\x01\n\x0bStepMetrics\x12\x0c\n\x04step\x18\x01 \x01(\x03\x12\x0c\n\x04loss\x18\x02 \x01(\x01\x12\x11\n\tgrad_norm\x18\x03 \x01(\x01\x12\x16\n\x0ehas_nan_or_inf\x18\x04 \x01(\x08\x12\x13\n\x0bstep_time_s\x18\x05 \x01(\x01\x12\x16\n\x0e\x63ompute_time_s\x18\x06 \x01(\x01\" \n\x0bProcessExit\x12\x11\n\texit_code\x18\x01 \x01(\x05\"+\n\x08LogMatch\x12\x11\n\tsignature\x18\x01 \x01(\t\x12\x0c\n\x04line\x18\x02 \x01(\t\";\n\tStackDump\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x0c\n\x04tool\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\"=\n\x0f\x43heckpointSaved\x12\x0c\n\x04step\x18\x01 \x01(\x03\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0e\n\x06sha256\x18\x03 \x01(\t\"\xd3\x04\n\rReportRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12/\n\x0bobserved_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x37\n\theartbeat\x18\x03 \x01(\x0b\x32\".seedstack.robustness.v1.HeartbeatH\x00\x12<\n\x0cstep_metrics\x18\x04 \x01(\x0b\x32$.seedstack.robustness.v1.StepMetricsH\x00\x12<\n\x0cprocess_exit\x18\x05 \x01(\x0b\x32$.seedstack.robustness.v1.ProcessExitH\x00\x12\x36\n\tlog_match\x18\x06 \x01(\x0b\x32!.seedstack.robustness.v1.LogMatchH\x00\x12\x38\n\nstack_dump\x18\x07 \x01(\x0b\x32\".seedstack.robustness.v1.StackDumpH\x00\x12\x44\n\x10\x63heckpoint_saved\x18\x08 \x01(\x0b\x32(.seedstack.robustness.v1.CheckpointSavedH\x00\x12>\n\raction_result\x18\t \x01(\x0b\x32%.seedstack.robustness.v1.ActionResultH\x00\x12J\n\x13\x63heckpoint_rejected\x18\n \x01(\x0b\x32+.seedstack.robustness.v1.CheckpointRejectedH\x00\x42\x06\n\x04item\"T\n\x0c\x41\x63tionResult\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x0c\n\x04\x64one\x18\x02 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\x12\x12\n\nduration_s\x18\x04 \x01(\x01\"w\n\x12\x43heckpointRejected\x12\x0c\n\x04step\x18\x01 \x01(\x03\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x17\n\x0f\x65xpected_sha256\x18\x03 \x01(\t\x12\x15\n\ractual_sha256\x18\x04 \x01(\t\x12\x15\n\rfallback_step\x18\x05 \x01(\x03\";\n\x0eReportResponse\x12\x14\n\x0cnum_accepted\x18\x01 \x01(\x03\x12\x13\n\x0bnum_ignored\x18\x02 \x01(\x03\"(\n\x14WatchCommandsRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\"\xd9\x01\n\x15WatchCommandsResponse\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x32\n\x04kind\x18\x02 \x01(\x0e\x32$.seedstack.robustness.v1.CommandKind\x12\x13\n\x0bincident_id\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x13\n\x0bresume_step\x18\x05 \x01(\x03\x12\x1c\n\x14skip_data_until_step\x18\x06 \x01(\x03\x12\x0c\n\x04rank\x18\x07 \x01(\r\x12\x12\n\ngeneration\x18\x08 \x01(\x04\"h\n\x14ListIncidentsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12)\n\x05since\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rmax_incidents\x18\x03 \x01(\r\"\xae\x01\n\x0cRecoveryStep\x12\x37\n\x06\x61\x63tion\x18\x01 \x01(\x0e\x32\'.seedstack.robustness.v1.RecoveryAction\x12.\n\nstarted_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nduration_s\x18\x03 \x01(\x01\x12\x11\n\tsucceeded\x18\x04 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t\"\xa1\x03\n\x08Incident\x12\x13\n\x0bincident_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x31\n\x05\x66\x61ult\x18\x03 \x01(\x0e\x32\".seedstack.robustness.v1.FaultKind\x12\x35\n\x05state\x18\x04 \x01(\x0e\x32&.seedstack.robustness.v1.IncidentState\x12\x0f\n\x07summary\x18\x05 \x01(\t\x12/\n\x0b\x64\x65tected_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rsuspect_ranks\x18\x07 \x03(\r\x12\x15\n\rsuspect_hosts\x18\x08 \x03(\t\x12=\n\x0erecovery_steps\x18\t \x03(\x0b\x32%.seedstack.robustness.v1.RecoveryStep\x12\x13\n\x0b\x64\x65tection_s\x18\n \x01(\x01\x12\x16\n\x0elocalization_s\x18\x0b \x01(\x01\x12\x12\n\nrecovery_s\x18\x0c \x01(\x01\x12\x16\n\x0enum_lost_steps\x18\r \x01(\x03\"M\n\x15ListIncidentsResponse\x12\x34\n\tincidents\x18\x01 \x03(\x0b\x32!.seedstack.robustness.v1.Incident\"2\n\x0eGetEttrRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08window_s\x18\x02 \x03(\x01\"@\n\nEttrFigure\x12\x0e\n\x06wall_s\x18\x01 \x01(\x01\x12\x14\n\x0cproductive_s\x18\x02 \x01(\x01\x12\x0c\n\x04\x65ttr\x18\x03 \x01(\x01\"\x80\x01\n\x0fGetEttrResponse\x12\x37\n\ncumulative\x18\x01 \x01(\x0b\x32#.seedstack.robustness.v1.EttrFigure\x12\x34\n\x07windows\x18\x02 \x03(\x0b\x32#.seedstack.robustness.v1.EttrFigure*\xc5\x01\n\x05Phase\x12\x15\n\x11PHASE_UNSPECIFIED\x10\x00\x12\x11\n\rPHASE_STARTUP\x10\x01\x12\x0e\n\nPHASE_DATA\x10\x02\x12\x1a\n\x16PHASE_FORWARD_BACKWARD\x10\x03\x12\x14\n\x10PHASE_COLLECTIVE\x10\x04\x12\x14\n\x10PHASE_CHECKPOINT\x10\x05\x12\x13\n\x0fPHASE_OPTIMIZER\x10\x06\x12\x11\n\rPHASE_PUBLISH\x10\x07\x12\x12\n\x0ePHASE_GENERATE\x10\x08*\xa7\x01\n\x0b\x43ommandKind\x12\x1c\n\x18\x43OMMAND_KIND_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x43OMMAND_KIND_DUMP_STACKS\x10\x01\x12 \n\x1c\x43OMMAND_KIND_RESTART_PROCESS\x10\x02\x12\x1d\n\x19\x43OMMAND_KIND_STOP_PROCESS\x10\x03\x12\x1b\n\x17\x43OMMAND_KIND_ADOPT_RANK\x10\x04*\xd8\x01\n\tFaultKind\x12\x1a\n\x16\x46\x41ULT_KIND_UNSPECIFIED\x10\x00\x12\x14\n\x10\x46\x41ULT_KIND_CRASH\x10\x01\x12\x13\n\x0f\x46\x41ULT_KIND_HANG\x10\x02\x12\x12\n\x0e\x46\x41ULT_KIND_NAN\x10\x03\x12\x18\n\x14\x46\x41ULT_KIND_STRAGGLER\x10\x04\x12\x18\n\x14\x46\x41ULT_KIND_LOG_ERROR\x10\x05\x12\x19\n\x15\x46\x41ULT_KIND_LOSS_SPIKE\x10\x06\x12!\n\x1d\x46\x41ULT_KIND_CORRUPT_CHECKPOINT\x10\x07*\xb5\x01\n\x0eRecoveryAction\x12\x1f\n\x1bRECOVERY_ACTION_UNSPECIFIED\x10\x00\x12$\n RECOVERY_ACTION_RESTART_IN_PLACE\x10\x01\x12 \n\x1cRECOVERY_ACTION_REPLACE_NODE\x10\x02\x12\x1c\n\x18RECOVERY_ACTION_ROLLBACK\x10\x03\x12\x1c\n\x18RECOVERY_ACTION_STOP_JOB\x10\x04*\xa5\x01\n\rIncidentState\x12\x1e\n\x1aINCIDENT_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13INCIDENT_STATE_OPEN\x10\x01\x12\x1d\n\x19INCIDENT_STATE_RECOVERING\x10\x02\x12\x1c\n\x18INCIDENT_STATE_RECOVERED\x10\x03\x12\x1e\n\x1aINCIDENT_STATE_UNRECOVERED\x10\x04\x32\x99\x04\n\nRobustness\x12n\n\rRegisterAgent\x12-.seedstack.robustness.v1.RegisterAgentRequest\x1a..seedstack.robustness.v1.RegisterAgentResponse\x12[\n\x06Report\x12&.seedstack.robustness.v1.ReportRequest\x1a\'.seedstack.robustness.v1.ReportResponse(\x01\x12p\n\rWatchCommands\x12-.seedstack.robustness.v1.WatchCommandsRequest\x1a..seedstack.robustness.v1.WatchCommandsResponse0\x01\x12n\n\rListIncidents\x12-.seedstack.robustness.v1.ListIncidentsRequest\x1a..seedstack.robustness.v1.ListIncidentsResponse\x12\\\n\x07GetEttr\x12\'.seedstack.robustness.v1.GetEttrRequest\x1a(.seedstack.robustness.v1.GetEttrResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(seedstack/robustness/v1/robustness.proto\x12\x17seedstack.robustness.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a seedstack/common/v1/common.proto\"+\n\x0cProcessGroup\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05ranks\x18\x02 \x03(\r\"\xe8\x01\n\x14RegisterAgentRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x0c\n\x04rank\x18\x03 \x01(\r\x12\x12\n\nworld_size\x18\x04 \x01(\r\x12\x35\n\x08topology\x18\x05 \x01(\x0b\x32#.seedstack.common.v1.TopologyLabels\x12\x0b\n\x03pid\x18\x06 \x01(\x05\x12\x35\n\x06groups\x18\x07 \x03(\x0b\x32%.seedstack.robustness.v1.ProcessGroup\x12\x0f\n\x07standby\x18\x08 \x01(\x08\"[\n\x15RegisterAgentResponse\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x1c\n\x14heartbeat_interval_s\x18\x02 \x01(\x01\x12\x12\n\ngeneration\x18\x03 \x01(\x04\"b\n\tHeartbeat\x12\x0c\n\x04step\x18\x01 \x01(\x03\x12-\n\x05phase\x18\x02 \x01(\x0e\x32\x1e.seedstack.robustness.v1.Phase\x12\x18\n\x10startup_progress\x18\x03 \x01(\x03\"\x81\x01\n\x0bStepMetrics\x12\x0c\n\x04step\x18\x01 \x01(\x03\x12\x0c\n\x04loss\x18\x02 \x01(\x01\x12\x11\n\tgrad_norm\x18\x03 \x01(\x01\x12\x16\n\x0ehas_nan_or_inf\x18\x04 \x01(\x08\x12\x13\n\x0bstep_time_s\x18\x05 \x01(\x01\x12\x16\n\x0e\x63ompute_time_s\x18\x06 \x01(\x01\" \n\x0bProcessExit\x12\x11\n\texit_code\x18\x01 \x01(\x05\"+\n\x08LogMatch\x12\x11\n\tsignature\x18\x01 \x01(\t\x12\x0c\n\x04line\x18\x02 \x01(\t\";\n\tStackDump\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x0c\n\x04tool\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\"=\n\x0f\x43heckpointSaved\x12\x0c\n\x04step\x18\x01 \x01(\x03\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0e\n\x06sha256\x18\x03 \x01(\t\"\xd3\x04\n\rReportRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12/\n\x0bobserved_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x37\n\theartbeat\x18\x03 \x01(\x0b\x32\".seedstack.robustness.v1.HeartbeatH\x00\x12<\n\x0cstep_metrics\x18\x04 \x01(\x0b\x32$.seedstack.robustness.v1.StepMetricsH\x00\x12<\n\x0cprocess_exit\x18\x05 \x01(\x0b\x32$.seedstack.robustness.v1.ProcessExitH\x00\x12\x36\n\tlog_match\x18\x06 \x01(\x0b\x32!.seedstack.robustness.v1.LogMatchH\x00\x12\x38\n\nstack_dump\x18\x07 \x01(\x0b\x32\".seedstack.robustness.v1.StackDumpH\x00\x12\x44\n\x10\x63heckpoint_saved\x18\x08 \x01(\x0b\x32(.seedstack.robustness.v1.CheckpointSavedH\x00\x12>\n\raction_result\x18\t \x01(\x0b\x32%.seedstack.robustness.v1.ActionResultH\x00\x12J\n\x13\x63heckpoint_rejected\x18\n \x01(\x0b\x32+.seedstack.robustness.v1.CheckpointRejectedH\x00\x42\x06\n\x04item\"T\n\x0c\x41\x63tionResult\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x0c\n\x04\x64one\x18\x02 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\x12\x12\n\nduration_s\x18\x04 \x01(\x01\"w\n\x12\x43heckpointRejected\x12\x0c\n\x04step\x18\x01 \x01(\x03\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x17\n\x0f\x65xpected_sha256\x18\x03 \x01(\t\x12\x15\n\ractual_sha256\x18\x04 \x01(\t\x12\x15\n\rfallback_step\x18\x05 \x01(\x03\";\n\x0eReportResponse\x12\x14\n\x0cnum_accepted\x18\x01 \x01(\x03\x12\x13\n\x0bnum_ignored\x18\x02 \x01(\x03\"(\n\x14WatchCommandsRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\"\xd9\x01\n\x15WatchCommandsResponse\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x32\n\x04kind\x18\x02 \x01(\x0e\x32$.seedstack.robustness.v1.CommandKind\x12\x13\n\x0bincident_id\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x13\n\x0bresume_step\x18\x05 \x01(\x03\x12\x1c\n\x14skip_data_until_step\x18\x06 \x01(\x03\x12\x0c\n\x04rank\x18\x07 \x01(\r\x12\x12\n\ngeneration\x18\x08 \x01(\x04\"h\n\x14ListIncidentsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12)\n\x05since\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rmax_incidents\x18\x03 \x01(\r\"\xae\x01\n\x0cRecoveryStep\x12\x37\n\x06\x61\x63tion\x18\x01 \x01(\x0e\x32\'.seedstack.robustness.v1.RecoveryAction\x12.\n\nstarted_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nduration_s\x18\x03 \x01(\x01\x12\x11\n\tsucceeded\x18\x04 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t\"\xa1\x03\n\x08Incident\x12\x13\n\x0bincident_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x31\n\x05\x66\x61ult\x18\x03 \x01(\x0e\x32\".seedstack.robustness.v1.FaultKind\x12\x35\n\x05state\x18\x04 \x01(\x0e\x32&.seedstack.robustness.v1.IncidentState\x12\x0f\n\x07summary\x18\x05 \x01(\t\x12/\n\x0b\x64\x65tected_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rsuspect_ranks\x18\x07 \x03(\r\x12\x15\n\rsuspect_hosts\x18\x08 \x03(\t\x12=\n\x0erecovery_steps\x18\t \x03(\x0b\x32%.seedstack.robustness.v1.RecoveryStep\x12\x13\n\x0b\x64\x65tection_s\x18\n \x01(\x01\x12\x16\n\x0elocalization_s\x18\x0b \x01(\x01\x12\x12\n\nrecovery_s\x18\x0c \x01(\x01\x12\x16\n\x0enum_lost_steps\x18\r \x01(\x03\"M\n\x15ListIncidentsResponse\x12\x34\n\tincidents\x18\x01 \x03(\x0b\x32!.seedstack.robustness.v1.Incident\"2\n\x0eGetEttrRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08window_s\x18\x02 \x03(\x01\"@\n\nEttrFigure\x12\x0e\n\x06wall_s\x18\x01 \x01(\x01\x12\x14\n\x0cproductive_s\x18\x02 \x01(\x01\x12\x0c\n\x04\x65ttr\x18\x03 \x01(\x01\"\x80\x01\n\x0fGetEttrResponse\x12\x37\n\ncumulative\x18\x01 \x01(\x0b\x32#.seedstack.robustness.v1.EttrFigure\x12\x34\n\x07windows\x18\x02 \x03(\x0b\x32#.seedstack.robustness.v1.EttrFigure*\xc5\x01\n\x05Phase\x12\x15\n\x11PHASE_UNSPECIFIED\x10\x00\x12\x11\n\rPHASE_STARTUP\x10\x01\x12\x0e\n\nPHASE_DATA\x10\x02\x12\x1a\n\x16PHASE_FORWARD_BACKWARD\x10\x03\x12\x14\n\x10PHASE_COLLECTIVE\x10\x04\x12\x14\n\x10PHASE_CHECKPOINT\x10\x05\x12\x13\n\x0fPHASE_OPTIMIZER\x10\x06\x12\x11\n\rPHASE_PUBLISH\x10\x07\x12\x12\n\x0ePHASE_GENERATE\x10\x08*\xa7\x01\n\x0b\x43ommandKind\x12\x1c\n\x18\x43OMMAND_KIND_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x43OMMAND_KIND_DUMP_STACKS\x10\x01\x12 \n\x1c\x43OMMAND_KIND_RESTART_PROCESS\x10\x02\x12\x1d\n\x19\x43OMMAND_KIND_STOP_PROCESS\x10\x03\x12\x1b\n\x17\x43OMMAND_KIND_ADOPT_RANK\x10\x04*\xd8\x01\n\tFaultKind\x12\x1a\n\x16\x46\x41ULT_KIND_UNSPECIFIED\x10\x00\x12\x14\n\x10\x46\x41ULT_KIND_CRASH\x10\x01\x12\x13\n\x0f\x46\x41ULT_KIND_HANG\x10\x02\x12\x12\n\x0e\x46\x41ULT_KIND_NAN\x10\x03\x12\x18\n\x14\x46\x41ULT_KIND_STRAGGLER\x10\x04\x12\x18\n\x14\x46\x41ULT_KIND_LOG_ERROR\x10\x05\x12\x19\n\x15\x46\x41ULT_KIND_LOSS_SPIKE\x10\x06\x12!\n\x1d\x46\x41ULT_KIND_CORRUPT_CHECKPOINT\x10\x07*\xb5\x01\n\x0eRecoveryAction\x12\x1f\n\x1bRECOVERY_ACTION_UNSPECIFIED\x10\x00\x12$\n RECOVERY_ACTION_RESTART_IN_PLACE\x10\x01\x12 \n\x1cRECOVERY_ACTION_REPLACE_NODE\x10\x02\x12\x1c\n\x18RECOVERY_ACTION_ROLLBACK\x10\x03\x12\x1c\n\x18RECOVERY_ACTION_STOP_JOB\x10\x04*\xa5\x01\n\rIncidentState\x12\x1e\n\x1aINCIDENT_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13INCIDENT_STATE_OPEN\x10\x01\x12\x1d\n\x19INCIDENT_STATE_RECOVERING\x10\x02\x12\x1c\n\x18INCIDENT_STATE_RECOVERED\x10\x03\x12\x1e\n\x1aINCIDENT_STATE_UNRECOVERED\x10\x04\x32\x99\x04\n\nRobustness\x12n\n\rRegisterAgent\x12-.seedstack.robustness.v1.RegisterAgentRequest\x1a..seedstack.robustness.v1.RegisterAgentResponse\x12[\n\x06Report\x12&.seedstack.robustness.v1.ReportRequest\x1a\'.seedstack.robustness.v1.ReportResponse(\x01\x12p\n\rWatchCommands\x12-.seedstack.robustness.v1.WatchCommandsRequest\x1a..seedstack.robustness.v1.WatchCommandsResponse0\x01\x12n\n\rListIncidents\x12-.seedstack.robustness.v1.ListIncidentsRequest\x1a..seedstack.robustness.v1.ListIncidentsResponse\x12\\\n\x07GetEttr\x12\'.seedstack.robustness.v1.GetEttrRequest\x1a(.seedstack.robustness.v1.GetEttrResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'seedstack.robustness.v1.robustness_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PHASE']._serialized_start=3078
-  _globals['_PHASE']._serialized_end=3275
-  _globals['_COMMANDKIND']._serialized_start=3278
-  _globals['_COMMANDKIND']._serialized_end=3445
-  _globals['_FAULTKIND']._serialized_start=3448
-  _globals['_FAULTKIND']._serialized_end=3664
-  _globals['_RECOVERYACTION']._serialized_start=3667
-  _globals['_RECOVERYACTION']._serialized_end=3848
-  _globals['_INCIDENTSTATE']._serialized_start=3851
-  _globals['_INCIDENTSTATE']._serialized_end=4016
+  _globals['_PHASE']._serialized_start=3104
+  _globals['_PHASE']._serialized_end=3301
+  _globals['_COMMANDKIND']._serialized_start=3304
+  _globals['_COMMANDKIND']._serialized_end=3471
+  _globals['_FAULTKIND']._serialized_start=3474
+  _globals['_FAULTKIND']._serialized_end=3690
+  _globals['_RECOVERYACTION']._serialized_start=3693
+  _globals['_RECOVERYACTION']._serialized_end=3874
+  _globals['_INCIDENTSTATE']._serialized_start=3877
+  _globals['_INCIDENTSTATE']._serialized_end=4042
   _globals['_PROCESSGROUP']._serialized_start=136
   _globals['_PROCESSGROUP']._serialized_end=179
   _globals['_REGISTERAGENTREQUEST']._serialized_start=182
@@ -50,43 +50,43 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REGISTERAGENTRESPONSE']._serialized_start=416
   _globals['_REGISTERAGENTRESPONSE']._serialized_end=507
   _globals['_HEARTBEAT']._serialized_start=509
-  _globals['_HEARTBEAT']._serialized_end=581
-  _globals['_STEPMETRICS']._serialized_start=584
-  _globals['_STEPMETRICS']._serialized_end=713
-  _globals['_PROCESSEXIT']._serialized_start=715
-  _globals['_PROCESSEXIT']._serialized_end=747
-  _globals['_LOGMATCH']._serialized_start=749
-  _globals['_LOGMATCH']._serialized_end=792
-  _globals['_STACKDUMP']._serialized_start=794
-  _globals['_STACKDUMP']._serialized_end=853
-  _globals['_CHECKPOINTSAVED']._serialized_start=855
-  _globals['_CHECKPOINTSAVED']._serialized_end=916
-  _globals['_REPORTREQUEST']._serialized_start=919
-  _globals['_REPORTREQUEST']._serialized_end=1514
-  _globals['_ACTIONRESULT']._serialized_start=1516
-  _globals['_ACTIONRESULT']._serialized_end=1600
-  _globals['_CHECKPOINTREJECTED']._serialized_start=1602
-  _globals['_CHECKPOINTREJECTED']._serialized_end=1721
-  _globals['_REPORTRESPONSE']._serialized_start=1723
-  _globals['_REPORTRESPONSE']._serialized_end=1782
-  _globals['_WATCHCOMMANDSREQUEST']._serialized_start=1784
-  _globals['_WATCHCOMMANDSREQUEST']._serialized_end=1824
-  _globals['_WATCHCOMMANDSRESPONSE']._serialized_start=1827
-  _globals['_WATCHCOMMANDSRESPONSE']._serialized_end=2044
-  _globals['_LISTINCIDENTSREQUEST']._serialized_start=2046
-  _globals['_LISTINCIDENTSREQUEST']._serialized_end=2150
-  _globals['_RECOVERYSTEP']._serialized_start=2153
-  _globals['_RECOVERYSTEP']._serialized_end=2327
-  _globals['_INCIDENT']._serialized_start=2330
-  _globals['_INCIDENT']._serialized_end=2747
-  _globals['_LISTINCIDENTSRESPONSE']._serialized_start=2749
-  _globals['_LISTINCIDENTSRESPONSE']._serialized_end=2826
-  _globals['_GETETTRREQUEST']._serialized_start=2828
-  _globals['_GETETTRREQUEST']._serialized_end=2878
-  _globals['_ETTRFIGURE']._serialized_start=2880
-  _globals['_ETTRFIGURE']._serialized_end=2944
-  _globals['_GETETTRRESPONSE']._serialized_start=2947
-  _globals['_GETETTRRESPONSE']._serialized_end=3075
-  _globals['_ROBUSTNESS']._serialized_start=4019
-  _globals['_ROBUSTNESS']._serialized_end=4556
+  _globals['_HEARTBEAT']._serialized_end=607
+  _globals['_STEPMETRICS']._serialized_start=610
+  _globals['_STEPMETRICS']._serialized_end=739
+  _globals['_PROCESSEXIT']._serialized_start=741
+  _globals['_PROCESSEXIT']._serialized_end=773
+  _globals['_LOGMATCH']._serialized_start=775
+  _globals['_LOGMATCH']._serialized_end=818
+  _globals['_STACKDUMP']._serialized_start=820
+  _globals['_STACKDUMP']._serialized_end=879
+  _globals['_CHECKPOINTSAVED']._serialized_start=881
+  _globals['_CHECKPOINTSAVED']._serialized_end=942
+  _globals['_REPORTREQUEST']._serialized_start=945
+  _globals['_REPORTREQUEST']._serialized_end=1540
+  _globals['_ACTIONRESULT']._serialized_start=1542
+  _globals['_ACTIONRESULT']._serialized_end=1626
+  _globals['_CHECKPOINTREJECTED']._serialized_start=1628
+  _globals['_CHECKPOINTREJECTED']._serialized_end=1747
+  _globals['_REPORTRESPONSE']._serialized_start=1749
+  _globals['_REPORTRESPONSE']._serialized_end=1808
+  _globals['_WATCHCOMMANDSREQUEST']._serialized_start=1810
+  _globals['_WATCHCOMMANDSREQUEST']._serialized_end=1850
+  _globals['_WATCHCOMMANDSRESPONSE']._serialized_start=1853
+  _globals['_WATCHCOMMANDSRESPONSE']._serialized_end=2070
+  _globals['_LISTINCIDENTSREQUEST']._serialized_start=2072
+  _globals['_LISTINCIDENTSREQUEST']._serialized_end=2176
+  _globals['_RECOVERYSTEP']._serialized_start=2179
+  _globals['_RECOVERYSTEP']._serialized_end=2353
+  _globals['_INCIDENT']._serialized_start=2356
+  _globals['_INCIDENT']._serialized_end=2773
+  _globals['_LISTINCIDENTSRESPONSE']._serialized_start=2775
+  _globals['_LISTINCIDENTSRESPONSE']._serialized_end=2852
+  _globals['_GETETTRREQUEST']._serialized_start=2854
+  _globals['_GETETTRREQUEST']._serialized_end=2904
+  _globals['_ETTRFIGURE']._serialized_start=2906
+  _globals['_ETTRFIGURE']._serialized_end=2970
+  _globals['_GETETTRRESPONSE']._serialized_start=2973
+  _globals['_GETETTRRESPONSE']._serialized_end=3101
+  _globals['_ROBUSTNESS']._serialized_start=4045
+  _globals['_ROBUSTNESS']._serialized_end=4582
 # @@protoc_insertion_point(module_scope)

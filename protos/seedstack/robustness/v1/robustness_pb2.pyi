@@ -129,12 +129,14 @@ class RegisterAgentResponse(_message.Message):
     def __init__(self, agent_id: _Optional[str] = ..., heartbeat_interval_s: _Optional[float] = ..., generation: _Optional[int] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
-    __slots__ = ("step", "phase")
+    __slots__ = ("step", "phase", "startup_progress")
     STEP_FIELD_NUMBER: _ClassVar[int]
     PHASE_FIELD_NUMBER: _ClassVar[int]
+    STARTUP_PROGRESS_FIELD_NUMBER: _ClassVar[int]
     step: int
     phase: Phase
-    def __init__(self, step: _Optional[int] = ..., phase: _Optional[_Union[Phase, str]] = ...) -> None: ...
+    startup_progress: int
+    def __init__(self, step: _Optional[int] = ..., phase: _Optional[_Union[Phase, str]] = ..., startup_progress: _Optional[int] = ...) -> None: ...
 
 class StepMetrics(_message.Message):
     __slots__ = ("step", "loss", "grad_norm", "has_nan_or_inf", "step_time_s", "compute_time_s")
