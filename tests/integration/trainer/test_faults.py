@@ -159,10 +159,11 @@ async def test_nan_and_hang_recover_through_the_trainer(
     run = await wait_ended(stack.trainer, nan_id)
     assert run.state == pb.RUN_STATE_COMPLETED, run.failure_reason
     assert run.step == 30 and run.incarnation == 1
-    # The restarted ranks dropped the batches from the checkpoint up to the NaN's (step 5), the last
-    # one skipped; the NaN step of the rolled-back stretch is not counted again.
+    # The restarted ranks dropped the batches from the checkpoint the monitor rolled back to (step 0, 2
+    # or 4, depending on which checkpoint reports reached it before the NaN) up to the NaN's (step 5), the
+    # last one skipped; the NaN step of the rolled-back stretch is not counted again.
     assert run.last_skip_reason.startswith("step 5: batch dropped"), run.last_skip_reason
-    assert 1 <= run.num_skipped_steps <= 4, run.num_skipped_steps
+    assert 1 <= run.num_skipped_steps <= 5, run.num_skipped_steps
 
     # "block": rank 1's main thread sleeps while its heartbeats go on (no progress); stacks single it out.
     arm(fault_file, ArmedFault("block", rank=1, step=5))
