@@ -196,6 +196,13 @@ def _request_id() -> str:
     return uuid.uuid4().hex
 
 
+def _held_report(holder_id: str, model: str, version: int, held: bool, root_hash: str = "") -> pb.ReportHeldRequest:
+    """A holder's report that it now holds (with the version's root hash) or no longer serves ``version``."""
+    return pb.ReportHeldRequest(
+        request_id=_request_id(), holder_id=holder_id, model=model, version=version, held=held, root_hash=root_hash
+    )
+
+
 class _Membership:
     """A process's membership of the hub: its tensor holder, registration and heartbeat."""
 
@@ -512,15 +519,7 @@ class Publisher:
 
         async def tell_hub() -> None:
             with contextlib.suppress(RPCError):
-                await client.report_held(
-                    pb.ReportHeldRequest(
-                        request_id=_request_id(),
-                        holder_id=self.holder_id,
-                        model=self.model,
-                        version=version,
-                        held=False,
-                    )
-                )
+                await client.report_held(_held_report(self.holder_id, self.model, version, False))
 
         told = asyncio.create_task(tell_hub())
         try:
@@ -863,16 +862,7 @@ class Reader:
             await progress.close()
             if withdrawn is not None:
                 await withdrawn
-            with contextlib.suppress(RPCError):
-                await self._client.report_held(
-                    pb.ReportHeldRequest(
-                        request_id=_request_id(),
-                        holder_id=self.holder_id,
-                        model=self.model,
-                        version=version,
-                        held=False,
-                    )
-                )
+            await self._report_withdrawn(version)
             for name in registered:
                 with contextlib.suppress(UnknownTensor, TransferError):
                     await holder.unregister(name)
@@ -881,16 +871,7 @@ class Reader:
             for tensor in manifest.tensors:
                 await holder.register(metas[tensor.name].name, destinations[tensor.name], meta=metas[tensor.name])
         try:
-            await self._client.report_held(
-                pb.ReportHeldRequest(
-                    request_id=_request_id(),
-                    holder_id=self.holder_id,
-                    model=self.model,
-                    version=version,
-                    held=True,
-                    root_hash=manifest.root_hash,
-                )
-            )
+            await self._client.report_held(_held_report(self.holder_id, self.model, version, True, manifest.root_hash))
         finally:
             if withdrawn is not None:
                 await withdrawn
@@ -1137,11 +1118,7 @@ class Reader:
         """Tell the hub this reader no longer serves ``version`` (no new plans name it for it)."""
         assert self._client is not None
         with contextlib.suppress(RPCError):
-            await self._client.report_held(
-                pb.ReportHeldRequest(
-                    request_id=_request_id(), holder_id=self.holder_id, model=self.model, version=version, held=False
-                )
-            )
+            await self._client.report_held(_held_report(self.holder_id, self.model, version, False))
 
     async def _unserve(self, version: int) -> None:
         """Stop serving ``version``'s tensors once reads in flight finish (a read planned meanwhile
@@ -1171,12 +1148,5 @@ class Reader:
         for version, held in sorted(self._held.items()):
             with contextlib.suppress(RPCError):
                 await self._client.report_held(
-                    pb.ReportHeldRequest(
-                        request_id=_request_id(),
-                        holder_id=self.holder_id,
-                        model=self.model,
-                        version=version,
-                        held=True,
-                        root_hash=held.manifest.root_hash,
-                    )
+                    _held_report(self.holder_id, self.model, version, True, held.manifest.root_hash)
                 )
