@@ -160,6 +160,7 @@ async def run_gen3d_cli(
                 f"{report.name}: watertight={report.watertight} faces={report.num_faces} "
                 f"mass={report.mass_kg:.3f} kg hulls={report.num_collision_hulls} "
                 f"iou={report.silhouette_iou:.3f} "
+                f"texture error={report.texture_error:.3f} (flat colour {report.texture_baseline_error:.3f}) "
                 f"drops stable {report.drop_test.num_stable}/{report.drop_test.num_drops}",
                 file=stream,
             )

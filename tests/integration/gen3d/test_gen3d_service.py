@@ -129,6 +129,7 @@ async def test_cli_prints_progress_and_paths(service: tuple[GrpcServer, Gen3DCli
     text = out.getvalue()
     assert code == 0, text
     assert "geometry" in text and "check" in text
+    assert "texture error=" in text and "(flat colour " in text
     assert str(tmp / "cli" / "asset.glb") in text
 
 
