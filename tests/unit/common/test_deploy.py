@@ -35,6 +35,8 @@ PROBE_MODULE = "services.common.healthprobe"
 # Read by every process besides its config class: logging and telemetry (services/common/logs.py,
 # services/common/telemetry.py); OTEL_* are the OpenTelemetry SDK's standard variables.
 PROCESS_VARIABLES = {"SEEDSTACK_LOG_LEVEL", "SEEDSTACK_TRACE_FILE"}
+MANIFEST_VARIABLES = {"POD_NAME"}
+"""Set in a manifest only to be expanded in another variable's value (``$(POD_NAME)``)."""
 
 SERVICE_IDS = [s.name for s in SERVICES]
 
@@ -63,7 +65,8 @@ def required_variables(info: ServiceInfo) -> set[str]:
 
 
 def assert_variables_known(info: ServiceInfo, names: set[str], where: str) -> None:
-    unknown = {n for n in names if n not in read_variables(info) | PROCESS_VARIABLES and not n.startswith("OTEL_")}
+    known = read_variables(info) | PROCESS_VARIABLES | MANIFEST_VARIABLES
+    unknown = {n for n in names if n not in known and not n.startswith("OTEL_")}
     assert not unknown, f"{where} sets {sorted(unknown)}, which {info.config_class} does not read"
     missing = required_variables(info) - names
     assert not missing, f"{where} lacks {sorted(missing)}, required by {info.config_class}"
@@ -330,11 +333,22 @@ def test_k8s_job_runs_the_default_spec_on_the_stack(manifests: list[dict[str, An
     redis_url = {e["name"]: e.get("value") for e in trainer_container["env"]}["REDIS_URL"]
     assert {e["name"]: e.get("value") for e in container["env"]}["REDIS_URL"] == redis_url
 
-    # The data plane and the trainer mount the job's volume where the job does.
+    # The services an RL step's trace crosses mount the job's volume where the job does and write their
+    # span files where the job looks for them (<default run dir>/traces, as `seedctl run --stack existing`).
+    from clients.mainjob import STEP_TRACE_SERVICES
+    from clients.seedctl import DEFAULT_RUN_DIR
+
     runs_path = f"{image_workdir()}/runs"
     claim = mounts[runs_path]["persistentVolumeClaim"]["claimName"]
     assert "ReadWriteMany" in find(manifests, "PersistentVolumeClaim", claim)["spec"]["accessModes"]
-    for name in ("dataplane", "trainer"):
+    traces_dir = Path(image_workdir()) / DEFAULT_RUN_DIR / "traces"
+    for name in STEP_TRACE_SERVICES:
+        pod_spec = find(manifests, "Deployment", name)["spec"]["template"]["spec"]
+        env = {e["name"]: e.get("value") for e in pod_spec["containers"][0]["env"]}
+        trace_file = Path(env["SEEDSTACK_TRACE_FILE"])
+        assert trace_file.parent == traces_dir and trace_file.name == "$(POD_NAME).jsonl", f"{name}: {trace_file}"
+        assert list(env).index("POD_NAME") < list(env).index("SEEDSTACK_TRACE_FILE"), "k8s expands only earlier vars"
+    for name in STEP_TRACE_SERVICES:
         pod_spec = find(manifests, "Deployment", name)["spec"]["template"]["spec"]
         claims = {v["name"]: v.get("persistentVolumeClaim", {}).get("claimName") for v in pod_spec["volumes"]}
         (service_container,) = pod_spec["containers"]
