@@ -436,6 +436,11 @@ class DataPlane:
                 )
             entries = await runtime.checkpoints.load(checkpoint_step)
             runtime.buffer.load_entries(entries)
+            # Prompts that were out at the checkpoint: whoever had them has already answered or lost them
+            # (their samples after the checkpoint are gone), so they go out again with the next NextPrompts
+            # rather than holding buffer room until prompt_timeout_s.
+            for group in runtime.buffer.outstanding.values():
+                group.prompt.issued_unix_s = 0.0
             runtime.prompt_mix = MixState.from_json(entries["mix"])
             runtime.group_counter = int(entries["rl"]["group_counter"])
             runtime.rl_next_step = int(entries["rl"]["next_step"])

@@ -153,9 +153,16 @@ async def test_rl_checkpoint_and_restore(client: DataPlaneClient) -> None:
     assert restored.step == 0 and restored.checkpoint_step == 0
     stats = await client.stats(pb.StatsRequest(plan_id=plan_id))
     assert stats.buffer.num_buffered_samples == 4 and stats.buffer.num_prompts_outstanding == 1
-    # The prompt stream is rewound too: the next draw is the one handed out after the checkpoint.
-    again = await prompts(client, plan_id, 1, "q2")
+    # The prompt that was out at the checkpoint goes out again at once (its samples after it are gone), not
+    # after prompt_timeout_s; then the prompt stream is rewound too: the next draw is the one handed out
+    # after the checkpoint, under the same group id.
+    resent = await prompts(client, plan_id, 1, "q2")
+    assert resent[0].group_id == group[1].group_id and resent[0].prompt_id == group[1].prompt_id
+    again = await prompts(client, plan_id, 1, "q3")
     assert again[0].prompt_id == after[0].prompt_id and again[0].group_id == after[0].group_id
+    await client.put_sample_list(plan_id, "r", [scored(group[1], i, float(i % 2)) for i in range(GROUP)])
+    stats = await client.stats(pb.StatsRequest(plan_id=plan_id))
+    assert stats.buffer.num_buffered_samples == 2 * GROUP and stats.buffer.num_prompts_outstanding == 1
 
 
 async def test_fresh_rl_plan_restores_to_step_0(client: DataPlaneClient) -> None:
