@@ -1,43 +1,55 @@
 """The main job end to end: streaming vs synchronous RL on the same budget, stalls, a crash's cost.
 
 One supervised warm start (400 steps, the job's default) runs first, here, on 2 ranks; its
-checkpoint is where every arm's RL starts (``checkpoint.resume_from``), so the arms differ only in
-what they measure. Each arm is then the main job (``clients.mainjob.run_job``, as ``seedctl run`` runs
-it) on a fresh local stack in a subprocess, read back from its ``figures.json``:
+checkpoint is where every arm's RL starts (``checkpoint.resume_from``), with the same seed, so the
+arms differ only in how they generate. One local stack then serves every arm in turn (each arm is
+the main job as ``seedctl run --stack existing`` runs it: its own data-plane plan, trainer run and
+monitor job), read back from the arm's ``figures.json`` and the trainer's ``steps.jsonl``:
 
-- ``streaming``: the default streaming settings (completion ratio alpha 0.75, staleness bound eta 2);
-- ``sync``: rounds wait for their slowest answer (alpha 1) and samples are at most one version old
-  (eta 1) — the synchronous baseline on the same compute, RL time budget and warm start;
-- ``crash``: the streaming arm with one crash injected into trainer rank 1.
+- ``streaming``: the job's streaming defaults on 2 rollout servers: a round closes when alpha = 0.75
+  of its answers are done, the rest continue under newer versions (partial rollout); samples at most
+  eta = 2 versions old; an experience buffer of ``rollout.buffered_batches`` training batches;
+- ``sync``: synchronous RL as a user runs it on one box (``rollout.num_servers: 0``): the trainer's
+  ranks generate each batch with the policy they train (the rollout servers' decode code), wait for
+  every answer of it (alpha 1) and train; no version lag but for the groups that the last fill round
+  made beyond the batch (dynamic sampling), used by the next step instead of being thrown away;
+- ``crash``: the streaming arm, shorter, with one crash injected into trainer rank 1.
 
-``streaming_vs_sync`` is how many times sooner the streaming arm reaches each held-out accuracy than
-the sync arm: the time scale k that best maps one accuracy-vs-RL-time curve onto the other (streaming's
-accuracy at t against sync's at k * t), least squares over every evaluation of both, so no one noisy
-evaluation decides it. Every evaluation uses the same 500 held-out prompts (binomial noise about 2
-points, where 100 prompts gave 5); the policy itself still moves by 5-15 points between evaluations.
-``streaming_vs_sync_at_target`` is the plain reading (noisier): sync ÷ streaming RL time to where the
-curves, each evaluation averaged with its neighbours, cross the warm start's accuracy plus 75 % of the
-gain both reach; ``streaming_vs_sync_samples_per_s`` the ratio of trained samples per second.
-Without ``--quick`` the two arms run twice in the order streaming, sync, sync, streaming, so that a
-load that drifts during the run weighs on both alike; the ratio is the geometric mean of the pairs.
+``streaming_vs_sync`` is sync's RL time to the same held-out accuracy over streaming's, on fitted
+curves: each arm's evaluations (500 held-out prompts each; the policy still swings 5-15 points between
+them) are fitted with ``start + gain * (1 - exp(-t / tau))`` and the target is the start plus 75 % of
+the smaller gain the two fits reached within their runs, a level both reach. Beside it: the same on
+the training loop's own clock (``_train_clock``: evaluations and checkpoints left out), on the stack's
+CPU seconds (``_cpu``: the compute each arm used, whatever else the shared machine ran), per RL step
+(``_per_step``: sample efficiency), the least-squares time scale between the two raw curves
+(``_time_scale``), the plain reading of the smoothed curves at the target (``_at_target``) and the
+throughput ratios. Without
+``--quick`` the two arms run twice, in the order sync, streaming, streaming, sync, so that a load
+that drifts weighs on both alike; each ratio is the geometric mean of the pairs.
 
-Other ratios: ``acc_before`` / ``acc_after`` (streaming arm), ``minutes_to_plus10``, the trainer's and
-rollout servers' idle fractions of both arms, ``stall_p95_s``, ``fault_lost_steps``. A figure an arm
-could not produce is 0 in ``ratios`` and null in ``figures``. The load average is recorded at the start
-and end of each arm: the machine may be shared, and a load that changes between arms skews the ratio.
+``figures.arms.*.breakdown`` is one RL step of each arm: wall time per step, waiting for (or, sync,
+generating) the batch, forward/backward, optimiser, publishing, the time between steps (evaluations,
+checkpoints), the samples' staleness, and the share of the samples the rollout servers generated
+that were trained on; ``cpu`` is the stack's CPU seconds and the whole machine's over the arm.
 
-``--quick``: 50 s of RL an arm: about 50 s of warm start (2 ranks) and 80 s an arm, 5 to 6 minutes in
-all on 2 cores at load 5-10; the crash arm's restart adds about 30 s.
+Other ratios: ``acc_before`` / ``acc_after`` (streaming arm), ``minutes_to_plus10``, trainer and
+rollout idle fractions (sync: the share of each step the ranks were not generating),
+``stall_p95_s``, ``fault_lost_steps``, ``fault_recovered``. A figure an arm could not produce is 0 in
+``ratios`` and null in ``figures``. The load average is recorded at the start and end of each arm.
+
+``--quick``: 50 s of RL an arm (25 s for the crash arm): 45-100 s of warm start, 6-16 s of stack
+start-up, 60-75 s an arm: 3.8 to 5.5 minutes in all on 2 cores at a load average of 3 to 26 (it was
+6-7 minutes with a stack started and stopped for each arm).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import json
 import math
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -48,12 +60,21 @@ import yaml
 
 from benchmarks.report import emit, standard_parser
 from clients.jobspec import JobSpec, parse_job_spec
+from clients.mainjob import ExistingStack
 from services.trainer.spec import RunSpec
 
 ARMS: dict[str, dict[str, Any]] = {
-    "streaming": {"completion_ratio": 0.75, "max_staleness_versions": 2},
-    "sync": {"completion_ratio": 1.0, "max_staleness_versions": 1},
+    # The job's streaming defaults: rounds close at alpha 0.75, partials continue under newer versions,
+    # samples at most 2 versions old, an experience buffer of two batches (and one group).
+    "streaming": {"num_servers": 2, "completion_ratio": 0.75, "max_staleness_versions": 2, "buffered_batches": 2},
+    # Synchronous RL: the trainer's ranks generate each batch with the policy they train, wait for every
+    # answer of it (alpha 1), then train (no version lag; eta 1 only lets the groups a fill round made
+    # beyond the batch, for dynamic sampling, be used by the next step rather than thrown away).
+    "sync": {"num_servers": 0, "completion_ratio": 1.0, "max_staleness_versions": 1},
 }
+SYNC_MODEL = "policy-sync"
+"""The sync arm publishes under its own weight-hub name: the rollout servers, idle in that arm, follow
+``policy`` and would otherwise fetch every version it publishes."""
 TARGET_FRACTION = 0.75
 """The target accuracy: the warm start's plus this fraction of the smaller of the two arms' gains."""
 MIN_GAIN = 0.03
@@ -73,22 +94,24 @@ class Sizes:
     eval_every_steps: int
     num_pairs: int
     crash_step: int
+    crash_rl_time_budget_s: float
 
 
-QUICK = Sizes(rl_time_budget_s=50, eval_every_steps=4, num_pairs=1, crash_step=8)
-FULL = Sizes(rl_time_budget_s=180, eval_every_steps=5, num_pairs=2, crash_step=20)
+QUICK = Sizes(rl_time_budget_s=50, eval_every_steps=4, num_pairs=1, crash_step=8, crash_rl_time_budget_s=25)
+FULL = Sizes(rl_time_budget_s=180, eval_every_steps=5, num_pairs=2, crash_step=20, crash_rl_time_budget_s=90)
 NUM_EVAL = 500
 """Held-out prompts every evaluation uses (the task's 3-term sums have ~700 outside the warm-start set)."""
 
 
-def job_dict(sizes: Sizes, **rollout: Any) -> dict[str, Any]:
+def job_dict(sizes: Sizes, rl_time_budget_s: float = 0.0, **rollout: Any) -> dict[str, Any]:
     """The job spec of one arm (plain form)."""
+    budget = rl_time_budget_s or sizes.rl_time_budget_s
     return {
         "name": "bench",
         "rollout": dict(rollout),
-        # Start-up (stack, trainer launch, checkpoint load) takes 20-40 s; the rest is slack for a loaded box.
-        "time_budget_s": sizes.rl_time_budget_s + 240,
-        "trainer": {"rl_time_budget_s": sizes.rl_time_budget_s, "checkpoint_every_steps": 5},
+        # Start-up on the shared stack (trainer launch, checkpoint load) takes 5-15 s; the rest is slack.
+        "time_budget_s": budget + 180,
+        "trainer": {"rl_time_budget_s": budget, "checkpoint_every_steps": 5},
         "task": {"num_eval": NUM_EVAL},
         "eval": {"every_steps": sizes.eval_every_steps, "num_prompts": NUM_EVAL},
     }
@@ -100,11 +123,15 @@ class WarmStartedJob(JobSpec):
 
     resume_from: str = ""
     """Trainer checkpoint the run resumes from (a warm start shared by several jobs)."""
+    weighthub_model: str = ""
+    """Weight-hub name the run publishes under; empty for the job's own."""
 
     def run_config(self, *, plan_id: str) -> RunSpec:
         """The job's run config, resuming from ``resume_from``."""
         config = super().run_config(plan_id=plan_id).to_dict()
         config["checkpoint"]["resume_from"] = self.resume_from
+        if self.weighthub_model:
+            config["weighthub_model"] = self.weighthub_model
         return RunSpec.from_dict(config)
 
 
@@ -149,60 +176,204 @@ def warm_start(spec: JobSpec, directory: Path) -> dict[str, Any]:
     return {**json.loads((directory / "warm.json").read_text()), "wall_s": time.monotonic() - t0}
 
 
-def run_arm_child(argv: list[str]) -> int:
-    """In the arm's own process: ``JOB.yaml RUN_DIR CHECKPOINT [FAULT]`` -> the job's exit status."""
+def start_stack(spec: JobSpec, stack_dir: Path) -> tuple[Any, ExistingStack]:
+    """One local stack for every arm (each arm is its own plan, trainer run and monitor job on it), its
+    trainer polling ``stack_dir/fault.json`` so that the crash arm can arm a fault there."""
+    from clients.mainjob import SERVICES, service_env
+    from clients.seedctl import up
+
+    stack_dir.mkdir(parents=True, exist_ok=True)
+    os.environ.update(service_env(spec, stack_dir))
+    fault_file = (stack_dir / "fault.json").resolve()
+    os.environ["SEEDSTACK_FAULT_FILE"] = str(fault_file)
+    with contextlib.redirect_stdout(sys.stderr):
+        state = up(stack_dir, spec.startup_timeout_s, list(SERVICES), {"rollout": spec.rollout.num_servers})
+    return state, ExistingStack(state.redis_url, stack_dir / "traces", fault_file)
+
+
+def run_arm(
+    name: str,
+    job: dict[str, Any],
+    checkpoint: str,
+    workdir: Path,
+    stack: ExistingStack,
+    stack_pids: list[int],
+    *,
+    fault: str = "",
+    weighthub_model: str = "",
+) -> dict[str, Any]:
+    """One arm as the main job (``seedctl run --stack existing``) on the shared stack; its figures (plus
+    exit status, wall time, load) and the trainer's per-step figures."""
     from clients.mainjob import FaultRequest, JobError, run_job
 
-    job_path, run_dir, checkpoint = Path(argv[0]), Path(argv[1]), argv[2]
-    base = parse_job_spec(yaml.safe_load(job_path.read_text()), str(job_path))
-    fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(JobSpec)}
-    spec = WarmStartedJob(**fields, resume_from=checkpoint)
-    try:
-        return run_job(spec, job_path, run_dir, fault=FaultRequest.parse(argv[3]) if len(argv) > 3 else None)
-    except JobError as exc:
-        print(f"seedctl run: {exc}", file=sys.stderr)
-        return 1
-
-
-def run_arm(name: str, job: dict[str, Any], checkpoint: str, workdir: Path, fault: str = "") -> dict[str, Any]:
-    """One arm as the main job in a subprocess; its figures (plus exit status, wall time, load)."""
     path = workdir / f"{name}.yaml"
     path.write_text(yaml.safe_dump(job))
     run_dir = workdir / name
-    command = [
-        sys.executable,
-        "-c",
-        "import sys; from benchmarks.mainjob import run_arm_child; sys.exit(run_arm_child(sys.argv[1:]))",
-        str(path),
-        str(run_dir),
-        checkpoint,
-    ] + ([fault] if fault else [])
+    base = parse_job_spec(job, str(path))
+    fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(JobSpec)}
+    spec = WarmStartedJob(**fields, resume_from=checkpoint, weighthub_model=weighthub_model)
     print(f"mainjob bench: arm {name} ...", file=sys.stderr, flush=True)
     load = [os.getloadavg()[0]]
-    t0 = time.monotonic()
-    done = subprocess.run(command, capture_output=True, text=True, timeout=job["time_budget_s"] + 300)
+    t0, cpu0 = time.monotonic(), cpu_seconds(stack_pids)
+    sampler = CpuSampler(stack_pids)
+    sampler.start()
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            code = run_job(
+                spec, path, run_dir, fault=FaultRequest.parse(fault) if fault else None, out=sys.stderr, stack=stack
+            )
+    except JobError as exc:
+        print(f"mainjob bench: arm {name}: {exc}", file=sys.stderr)
+        code = 1
     load.append(os.getloadavg()[0])
+    sampler.stop()
+    cpu1 = cpu_seconds(stack_pids)
     figures_path = run_dir / "figures.json"
     data = json.loads(figures_path.read_text()) if figures_path.exists() else {"figures": {}, "evals": []}
     out = dict(data["figures"])
+    steps_file = Path(str(data.get("run", {}).get("run_dir", ""))) / "steps.jsonl"
+    steps = (
+        [json.loads(line) for line in steps_file.read_text().splitlines() if line.strip()]
+        if steps_file.is_file()
+        else []
+    )
     out.update(
         {
-            "exit_status": done.returncode,
+            "exit_status": code,
             "bench_wall_s": time.monotonic() - t0,
             "load_average_1m": load,
             "evals": data["evals"],
+            "breakdown": breakdown(out, steps),
+            "cpu": {
+                "stack_cpu_s": cpu1["stack"] - cpu0["stack"],
+                "machine_busy_cpu_s": cpu1["machine_busy"] - cpu0["machine_busy"],
+                "wall_s": time.monotonic() - t0,
+                "num_cpus": os.cpu_count(),
+            },
+            "train_clock": train_clock(data["evals"], steps),
+            "cpu_clock": sampler.clock(data["evals"], float(data.get("started_unix_s") or 0.0)),
         }
     )
-    if done.returncode != 0:
-        tail = (done.stdout + done.stderr).strip().splitlines()[-15:]
-        print("\n".join(f"  {line}" for line in tail), file=sys.stderr)
     print(
-        f"mainjob bench: arm {name}: exit {done.returncode} in {out['bench_wall_s']:.0f} s, "
+        f"mainjob bench: arm {name}: exit {code} in {out['bench_wall_s']:.0f} s, "
         f"{out.get('num_rl_steps')} RL steps, acc {out.get('acc_before')} -> {out.get('acc_after')}",
         file=sys.stderr,
         flush=True,
     )
     return out
+
+
+def cpu_seconds(pids: list[int]) -> dict[str, float]:
+    """CPU seconds used so far by the stack (its processes, their children alive or ended, such as the
+    trainer's ranks) and by the whole machine (every process: other work on a shared box too)."""
+    import psutil
+
+    stack = 0.0
+    for pid in pids:
+        try:
+            proc = psutil.Process(pid)
+            t = proc.cpu_times()
+            stack += t.user + t.system + t.children_user + t.children_system
+            for child in proc.children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    # A live child's own time and its ended children's (torchrun's ranks before it ends).
+                    c = child.cpu_times()
+                    stack += c.user + c.system + c.children_user + c.children_system
+        except psutil.Error:
+            continue
+    machine = psutil.cpu_times()
+    return {"stack": stack, "machine_busy": sum(machine) - machine.idle - getattr(machine, "iowait", 0.0)}
+
+
+class CpuSampler:
+    """The stack's CPU seconds, sampled every half second in a thread while an arm runs."""
+
+    def __init__(self, pids: list[int], every_s: float = 0.5) -> None:
+        import threading
+
+        self.pids = pids
+        self.every_s = every_s
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="cpu-sampler", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append((time.time(), cpu_seconds(self.pids)["stack"]))
+            self._stop.wait(self.every_s)
+
+    def clock(self, evals: list[dict[str, Any]], started_unix_s: float) -> list[tuple[float, float]]:
+        """(stack CPU seconds since the first evaluation, accuracy) of each evaluation: accuracy against
+        compute spent, whatever else the machine ran meanwhile."""
+        if not evals or not started_unix_s or len(self.samples) < 2:
+            return []
+
+        def at(unix_s: float) -> float:
+            times = [t for t, _ in self.samples]
+            values = [c for _, c in self.samples]
+            return float(_at(list(zip(times, values, strict=True)), min(max(unix_s, times[0]), times[-1])))
+
+        base = at(started_unix_s + float(evals[0]["t_s"]))
+        return [(at(started_unix_s + float(e["t_s"])) - base, float(e["accuracy"])) for e in evals]
+
+
+def breakdown(figures: dict[str, Any], steps: list[dict[str, Any]]) -> dict[str, Any]:
+    """One RL step of an arm, on average: where its wall time goes (the trainer's own timings), how
+    stale its samples were, and how many generated samples were trained on."""
+    if not steps:
+        return {}
+    n = len(steps)
+
+    def mean(key: str) -> float:
+        return sum(float(s.get(key, 0.0)) for s in steps) / n
+
+    wall_per_step = float(figures.get("rl_s") or 0.0) / n
+    step_s, publish_s = mean("step_time_s"), mean("publish_s")
+    trained = sum(int(s.get("num_samples", 0)) for s in steps)
+    staleness = [sum(float(s.get(f"staleness_{k}", 0.0)) for s in steps) / max(trained, 1) for k in range(4)]
+    return {
+        "num_steps": n,
+        "wall_per_step_s": wall_per_step,
+        # data_wait: NextBatch (streaming), or generating the batch and NextBatch (sync, colocated).
+        "data_wait_s": mean("data_wait_s"),
+        "forward_backward_s": mean("forward_backward_s"),
+        "optimizer_s": mean("optimizer_s"),
+        "other_step_s": step_s - mean("data_wait_s") - mean("forward_backward_s") - mean("optimizer_s"),
+        "publish_s": publish_s,
+        # Evaluations (every eval.every_steps), checkpoints, status reports between steps.
+        "between_steps_s": wall_per_step - step_s - publish_s,
+        "staleness_fractions_0_to_3": staleness,
+        "samples_trained": trained,
+    }
+
+
+def count_generated(arm: dict[str, Any], finished_before: int) -> int:
+    """Record in ``arm``'s breakdown how many samples the rollout servers finished during it (their
+    counters run over the shared stack's life) and which share of them was trained on; the new total."""
+    total = sum(int(r.get("num_samples_finished", 0)) for r in (arm.get("rollout_final") or {}).values())
+    b = arm.get("breakdown") or {}
+    if b and total > finished_before:
+        b["samples_generated_by_rollout_servers"] = total - finished_before
+        b["trained_of_generated"] = b["samples_trained"] / (total - finished_before)
+    return max(total, finished_before)
+
+
+def train_clock(evals: list[dict[str, Any]], steps: list[dict[str, Any]]) -> list[tuple[float, float]]:
+    """(seconds of training loop, accuracy) of each evaluation: the steps' own time (batch, update,
+    publish) up to the evaluated step, without the evaluations and checkpoints between steps."""
+    cumulative = {0: 0.0}
+    total = 0.0
+    for s in sorted(steps, key=lambda s: int(s["step"])):
+        total += float(s.get("step_time_s", 0.0)) + float(s.get("publish_s", 0.0))
+        cumulative[int(s["step"])] = total
+    return [(cumulative[int(e["step"])], float(e["accuracy"])) for e in evals if int(e["step"]) in cumulative]
 
 
 def smoothed(evals: list[dict[str, Any]]) -> list[tuple[float, float]]:
@@ -250,6 +421,55 @@ def time_scale(fast: list[tuple[float, float]], slow: list[tuple[float, float]])
     return None if best is None else best[1]
 
 
+def fit_curve(points: list[tuple[float, float]], start: float) -> dict[str, float] | None:
+    """The saturating curve ``start + gain * (1 - exp(-t / tau))`` closest (least squares) to the points:
+    every evaluation of the arm shapes it, so one evaluation 5-15 points off moves it little. Its gain,
+    time constant tau (on the points' clock), the RMS residual; None with fewer than 4 points."""
+    if len(points) < 4 or points[-1][0] <= 0:
+        return None
+    best: dict[str, float] | None = None
+    span = points[-1][0]
+    for i in range(-SCALE_STEPS, SCALE_STEPS + 1):
+        tau = span * 10 ** (2 * i / SCALE_STEPS)  # span / 100 .. span * 100
+        xs = [1.0 - math.exp(-t / tau) for t, _ in points]
+        xx = sum(x * x for x in xs)
+        if xx <= 0:
+            continue
+        gain = sum(x * (a - start) for x, (_, a) in zip(xs, points, strict=True)) / xx
+        error = sum((start + gain * x - a) ** 2 for x, (_, a) in zip(xs, points, strict=True)) / len(points)
+        if best is None or error < best["mse"]:
+            best = {"gain": gain, "tau": tau, "mse": error}
+    if best is None:
+        return None
+    # What the fit says the arm reached by its last evaluation (a near-straight curve fits a far
+    # asymptote: the gain alone would put a common target beyond what either arm reached).
+    reached = best["gain"] * (1.0 - math.exp(-span / best["tau"]))
+    return {"gain": best["gain"], "tau": best["tau"], "reached": reached, "rms": math.sqrt(best["mse"])}
+
+
+def fitted_time_to(fit: dict[str, float], gain: float) -> float | None:
+    """When the fitted curve has gained ``gain``; None when it never does."""
+    if fit["gain"] <= 0 or gain >= fit["gain"]:
+        return None
+    return -fit["tau"] * math.log(1.0 - gain / fit["gain"])
+
+
+def compare_fitted(curves: dict[str, list[tuple[float, float]]], start: float) -> dict[str, Any]:
+    """Time to the same accuracy on fitted curves: the target is the start plus TARGET_FRACTION of the
+    smaller gain the fits reached within their runs (a level both arms reach); sync's time to it over
+    streaming's."""
+    fits = {name: fit_curve(points, start) for name, points in curves.items()}
+    out: dict[str, Any] = {"fits": fits}
+    if any(f is None or f["reached"] < MIN_GAIN for f in fits.values()):
+        return out
+    gain = TARGET_FRACTION * min(f["reached"] for f in fits.values() if f is not None)
+    times = {name: fitted_time_to(f, gain) for name, f in fits.items() if f is not None}
+    out.update(target_accuracy=start + gain, time_to_target=times)
+    if times.get("sync") and times.get("streaming"):
+        out["sync_over_streaming"] = times["sync"] / times["streaming"]  # type: ignore[operator]
+    return out
+
+
 def compare(streaming: dict[str, Any], sync: dict[str, Any]) -> dict[str, Any]:
     """Time to the same accuracy of one streaming and one sync arm (smoothed curves)."""
     curves = {"streaming": smoothed(streaming["evals"]), "sync": smoothed(sync["evals"])}
@@ -269,6 +489,28 @@ def compare(streaming: dict[str, Any], sync: dict[str, Any]) -> dict[str, Any]:
         for name, arm in (("streaming", streaming), ("sync", sync))
     }
     out["time_scale"] = time_scale(raw["streaming"], raw["sync"])
+    out["fitted"] = compare_fitted(raw, start)
+    out["fitted_per_step"] = compare_fitted(
+        {
+            name: [(float(e["step"]), float(e["accuracy"])) for e in arm["evals"]]
+            for name, arm in (("streaming", streaming), ("sync", sync))
+        },
+        start,
+    )
+    # The same fit on the training loop's own clock (evaluations and checkpoints left out), and per RL
+    # step (sample efficiency: below 1 when streaming needs more steps than sync for the same accuracy).
+    for clock in ("train_clock", "cpu_clock"):
+        if streaming.get(clock) and sync.get(clock):
+            points = {
+                "streaming": [(float(t), float(a)) for t, a in streaming[clock]],
+                "sync": [(float(t), float(a)) for t, a in sync[clock]],
+            }
+            out[f"time_scale_{clock}"] = time_scale(points["streaming"], points["sync"])
+            out[f"fitted_{clock}"] = compare_fitted(points, start)
+    out["step_scale"] = time_scale(
+        [(float(e["step"]), float(e["accuracy"])) for e in streaming["evals"]],
+        [(float(e["step"]), float(e["accuracy"])) for e in sync["evals"]],
+    )
     for key, fraction in (("at_target", TARGET_FRACTION), ("at_half_gain", 0.5)):
         target = start + fraction * gain
         times = {name: time_to(c, target) for name, c in curves.items()}
@@ -283,17 +525,14 @@ def _geomean(values: list[float | None]) -> float | None:
     return math.exp(sum(math.log(v) for v in values if v) / len(values))
 
 
-def _mean_idle(arm: dict[str, Any]) -> float | None:
-    idle = arm.get("rollout_idle_fraction") or {}
-    return sum(idle.values()) / len(idle) if idle else None
-
-
 def main() -> None:
-    args = standard_parser(__doc__ or "").parse_args()
+    parser = standard_parser(__doc__ or "")
+    parser.add_argument("--keep-dir", type=Path, metavar="DIR", help="keep the arms' run directories here")
+    args = parser.parse_args()
     sizes = QUICK if args.quick else FULL
     t0, load_start = time.monotonic(), os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench-mainjob-") as tmp:
-        workdir = Path(tmp)
+        workdir = Path(tmp) if args.keep_dir is None else args.keep_dir
         spec = parse_job_spec(job_dict(sizes, **ARMS["streaming"]))
         print(f"mainjob bench: warm start ({spec.warm_start.num_steps} steps) ...", file=sys.stderr, flush=True)
         warm = warm_start(spec, workdir / "warm-start")
@@ -302,16 +541,44 @@ def main() -> None:
             file=sys.stderr,
             flush=True,
         )
-        order = ["streaming", "sync"]
-        runs: dict[str, list[dict[str, Any]]] = {"streaming": [], "sync": []}
-        for pair in range(sizes.num_pairs):
-            for name in order if pair % 2 == 0 else order[::-1]:
-                runs[name].append(run_arm(f"{name}-{pair}", job_dict(sizes, **ARMS[name]), warm["checkpoint"], workdir))
-        crash_job = job_dict(sizes, **ARMS["streaming"])
-        crash = run_arm("crash", crash_job, warm["checkpoint"], workdir, fault=f"crash@{sizes.crash_step}")
+        stack_t0 = time.monotonic()
+        state, stack = start_stack(spec, workdir / "stack")
+        stack_up_s = time.monotonic() - stack_t0
+        pids = [p.pid for p in state.processes()]
+        try:
+            # Sync first: until a streaming arm starts them, the rollout servers follow no model.
+            order = ["sync", "streaming"]
+            runs: dict[str, list[dict[str, Any]]] = {"streaming": [], "sync": []}
+            finished = 0
+            for pair in range(sizes.num_pairs):
+                for name in order if pair % 2 == 0 else order[::-1]:
+                    arm = run_arm(
+                        f"{name}-{pair}",
+                        job_dict(sizes, **ARMS[name]),
+                        warm["checkpoint"],
+                        workdir,
+                        stack,
+                        pids,
+                        weighthub_model=SYNC_MODEL if name == "sync" else "",
+                    )
+                    finished = count_generated(arm, finished)
+                    runs[name].append(arm)
+            crash_job = job_dict(sizes, sizes.crash_rl_time_budget_s, **ARMS["streaming"])
+            crash = run_arm(
+                "crash", crash_job, warm["checkpoint"], workdir, stack, pids, fault=f"crash@{sizes.crash_step}"
+            )
+            count_generated(crash, finished)
+        finally:
+            from clients.seedctl import stop_processes
+
+            stop_processes(state.processes())
     pairs = [compare(a, b) for a, b in zip(runs["streaming"], runs["sync"], strict=True)]
     streaming = runs["streaming"][0]
-    ratio = _geomean([p.get("time_scale") for p in pairs])
+    ratio = _geomean([p.get("fitted", {}).get("sync_over_streaming") for p in pairs])
+    ratio_time_scale = _geomean([p.get("time_scale") for p in pairs])
+    ratio_train_clock = _geomean([p.get("fitted_train_clock", {}).get("sync_over_streaming") for p in pairs])
+    ratio_cpu = _geomean([p.get("fitted_cpu_clock", {}).get("sync_over_streaming") for p in pairs])
+    ratio_steps = _geomean([p.get("fitted_per_step", {}).get("sync_over_streaming") for p in pairs])
     ratio_target = _geomean([p.get("at_target", {}).get("sync_over_streaming") for p in pairs])
     throughput = _geomean(
         [
@@ -319,10 +586,14 @@ def main() -> None:
             for a, b in zip(runs["streaming"], runs["sync"], strict=True)
         ]
     )
-    # Steps the restart redid (from the checkpoint to the crash); without a restart, the steps never made.
-    lost = crash.get("fault_lost_steps")
-    if not crash.get("recoveries"):
-        lost = max(int(streaming.get("num_rl_steps") or 0) - int(crash.get("num_rl_steps") or 0), 0)
+    steps_per_s = _geomean(
+        [
+            (int(a.get("num_rl_steps") or 0) / a["rl_s"]) / (int(b.get("num_rl_steps") or 0) / b["rl_s"])
+            if a.get("rl_s") and b.get("rl_s") and b.get("num_rl_steps")
+            else None
+            for a, b in zip(runs["streaming"], runs["sync"], strict=True)
+        ]
+    )
     bench_wall_s = time.monotonic() - t0
     per_arm = {
         name: {
@@ -330,22 +601,22 @@ def main() -> None:
                 60 * int(a.get("num_rl_steps") or 0) / a["rl_s"] if a.get("rl_s") else None for a in arms
             ],
             "trainer_idle_fraction": [a.get("trainer_idle_fraction") for a in arms],
-            "rollout_idle_fraction": [_mean_idle(a) for a in arms],
+            "rollout_idle_fraction": [_rollout_idle(a) for a in arms],
             "samples_per_s": [a.get("samples_per_s") for a in arms],
         }
         for name, arms in runs.items()
     }
     figures = {
         "warm_start": warm,
+        "stack_up_s": stack_up_s,
         "arms": {
             **{f"{name}-{i}": arm for name, arms in runs.items() for i, arm in enumerate(arms)},
             "crash": crash,
         },
         "pairs": pairs,
         "per_arm": per_arm,
-        # After start-up: RL, the restart, the report (start-up times vary with the load).
+        # RL wall time past the RL budget (the restart, the report), the crash arm's less the clean one's.
         "crash_extra_wall_s": _rl_wall_s(crash) - _rl_wall_s(streaming),
-        "crash_fewer_rl_steps": int(streaming.get("num_rl_steps") or 0) - int(crash.get("num_rl_steps") or 0),
         "crash_run_end_state": crash.get("end_state"),
         "crash_recovery_s": crash.get("fault_recovery_s"),
         "crash_acc_after": crash.get("acc_after"),
@@ -361,14 +632,20 @@ def main() -> None:
         "acc_after": streaming.get("acc_after") or 0.0,
         "minutes_to_plus10": streaming.get("minutes_to_plus10") or 0.0,
         "streaming_vs_sync": ratio or 0.0,
+        "streaming_vs_sync_time_scale": ratio_time_scale or 0.0,
         "streaming_vs_sync_at_target": ratio_target or 0.0,
+        "streaming_vs_sync_train_clock": ratio_train_clock or 0.0,
+        "streaming_vs_sync_cpu": ratio_cpu or 0.0,
+        "streaming_vs_sync_per_step": ratio_steps or 0.0,
+        "streaming_vs_sync_steps_per_s": steps_per_s or 0.0,
         "streaming_vs_sync_samples_per_s": throughput or 0.0,
         "trainer_idle_streaming": first(per_arm["streaming"]["trainer_idle_fraction"]),
         "trainer_idle_sync": first(per_arm["sync"]["trainer_idle_fraction"]),
         "rollout_idle_streaming": first(per_arm["streaming"]["rollout_idle_fraction"]),
         "rollout_idle_sync": first(per_arm["sync"]["rollout_idle_fraction"]),
         "stall_p95_s": streaming.get("stall_p95_s") or 0.0,
-        "fault_lost_steps": lost or 0,
+        "fault_lost_steps": int(crash.get("fault_lost_steps") or 0) if crash.get("recoveries") else 0,
+        "fault_recovered": int(bool(crash.get("recoveries")) and crash.get("end_state") == "COMPLETED"),
         "bench_minutes": bench_wall_s / 60,
     }
     emit(
@@ -380,8 +657,21 @@ def main() -> None:
     )
 
 
+def _rollout_idle(arm: dict[str, Any]) -> float | None:
+    """Mean idle fraction of the rollout servers; for the sync arm (the ranks generate) the share of
+    each step the ranks spent not generating."""
+    idle = arm.get("rollout_idle_fraction") or {}
+    if idle:
+        return sum(idle.values()) / len(idle)
+    b = arm.get("breakdown") or {}
+    step_s = b.get("data_wait_s", 0.0) + b.get("forward_backward_s", 0.0) + b.get("optimizer_s", 0.0)
+    return 1.0 - b["data_wait_s"] / step_s if step_s else None
+
+
 def _rl_wall_s(arm: dict[str, Any]) -> float:
-    return float(arm.get("wall_s") or 0.0) - float(arm.get("startup_and_warm_start_s") or 0.0)
+    """RL wall time past the arm's RL budget."""
+    rl_s = float(arm.get("wall_s") or 0.0) - float(arm.get("startup_and_warm_start_s") or 0.0)
+    return rl_s - float(arm.get("rl_time_budget_s") or 0.0)
 
 
 if __name__ == "__main__":

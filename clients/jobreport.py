@@ -283,7 +283,14 @@ def write_report(spec: JobSpec, run_dir: Path, timeline: Timeline) -> dict[str, 
     plots = _plots(run_dir, spec, timeline, figures)
     (run_dir / "figures.json").write_text(
         json.dumps(
-            {"figures": figures, "evals": timeline.evals, "swaps": timeline.swaps, "run": timeline.run}, indent=2
+            {
+                "figures": figures,
+                "evals": timeline.evals,
+                "swaps": timeline.swaps,
+                "run": timeline.run,
+                "started_unix_s": timeline.started_unix_s,
+            },
+            indent=2,
         )
     )
     f = figures
@@ -292,8 +299,13 @@ def write_report(spec: JobSpec, run_dir: Path, timeline: Timeline) -> dict[str, 
         "",
         f"{spec.algorithm.name.upper()} on the generated arithmetic task ({spec.task.num_terms} terms, "
         f"operands 0..{spec.task.max_value}, ops `{spec.task.ops}`): {spec.trainer.num_ranks} trainer ranks, "
-        f"{spec.rollout.num_servers} rollout servers, alpha = {spec.rollout.completion_ratio}, "
-        f"η = {spec.rollout.max_staleness_versions}. Run `{timeline.run.get('run_id', '-')}`, "
+        + (
+            f"{spec.rollout.num_servers} rollout servers, alpha = {spec.rollout.completion_ratio}, "
+            f"η = {spec.rollout.max_staleness_versions}"
+            if spec.rollout.num_servers
+            else "synchronous: the trainer's ranks generate each batch with the policy they train"
+        )
+        + f". Run `{timeline.run.get('run_id', '-')}`, "
         f"plan `{timeline.run.get('plan_id', '-')}`; ended **{f['end_state'] or '-'}**"
         + (f" ({f['failure_reason']})" if f["failure_reason"] else "")
         + ".",

@@ -134,6 +134,9 @@ class ExistingStack:
     """Redis whose service registry lists the stack's services."""
     traces_dir: Path | None
     """Where the stack's services append their spans (``SEEDSTACK_TRACE_FILE``); None when unknown."""
+    fault_file: Path | None = None
+    """The armed-fault file the stack's trainer polls (``SEEDSTACK_FAULT_FILE``), known when the caller
+    started the stack with it set; None: faults cannot be injected into this stack."""
 
 
 def locate_stack(stack_dir: Path) -> ExistingStack:
@@ -177,8 +180,7 @@ async def resolve_stack(stack: ExistingStack, num_rollout_servers: int, timeout_
             missing = [n for n in SERVICES if n != "rollout" and not serving[n]]
             if len(serving["rollout"]) < num_rollout_servers:
                 missing.append(
-                    f"rollout (rollout.num_servers={num_rollout_servers}, "
-                    f"{len(serving['rollout'])} SERVING)"
+                    f"rollout (rollout.num_servers={num_rollout_servers}, {len(serving['rollout'])} SERVING)"
                 )
             if not missing:
                 break
@@ -215,6 +217,19 @@ def service_env(spec: JobSpec, run_dir: Path) -> dict[str, str]:
     }
 
 
+def stack_services(spec: JobSpec) -> list[str]:
+    """The services a fresh stack for ``spec`` starts: no rollout server when the trainer generates."""
+    return [n for n in SERVICES if n != "rollout" or spec.rollout.num_servers > 0]
+
+
+def arm_fault(fault_file: Path, fault: FaultRequest, num_ranks: int) -> None:
+    """Arm ``fault`` in the file the trainer's ranks poll, for rank 1 (rank 0 with one rank)."""
+    from services.robustness.faults import ArmedFault, arm
+
+    # "hang" blocks the rank's main thread while its heartbeats go on: no progress, as a real hang.
+    arm(fault_file, ArmedFault({"hang": "block"}.get(fault.kind, fault.kind), rank=1 % num_ranks, step=fault.step))
+
+
 def run_job(
     spec: JobSpec,
     spec_path: Path,
@@ -232,7 +247,7 @@ def run_job(
     from clients.seedctl import STATE_FILE, SeedctlError, StackState, stop_processes, up
 
     out = out or sys.stdout
-    if stack is not None and (fault is not None or keep_up):
+    if stack is not None and ((fault is not None and stack.fault_file is None) or keep_up):
         raise JobError(
             f"{'--inject-fault' if fault is not None else '--keep-up'} needs a fresh stack: an existing stack "
             "keeps running as it is (the fault is armed in the environment of the trainer the job starts)"
@@ -273,23 +288,32 @@ def run_job(
                 f"SEEDSTACK_ROLLOUT_MODEL_CONFIG_JSON='{spec.model.config_json()}' in their environment",
                 file=out,
             )
-        return _run_and_report(
-            spec, run_dir, prompts_path, addresses, Timeline(started_unix_s=t0), None, out, stack.traces_dir
-        )
+        if fault is not None and stack.fault_file is not None:
+            arm_fault(stack.fault_file, fault, spec.trainer.num_ranks)
+        try:
+            return _run_and_report(
+                spec,
+                run_dir,
+                prompts_path,
+                addresses,
+                Timeline(started_unix_s=t0),
+                fault,
+                out,
+                stack.traces_dir,
+                fault_file=stack.fault_file,
+            )
+        finally:
+            if fault is not None and stack.fault_file is not None:
+                stack.fault_file.unlink(missing_ok=True)  # a fault that did not fire must not hit the next job
     os.environ.update(service_env(spec, run_dir))
+    fault_file = None
     if fault is not None:
-        from services.robustness.faults import ArmedFault, arm
-
         fault_file = (run_dir / "fault.json").resolve()
-        # "hang" blocks the rank's main thread while its heartbeats go on: no progress, as a real hang.
-        arm(
-            fault_file,
-            ArmedFault({"hang": "block"}.get(fault.kind, fault.kind), rank=1 % spec.trainer.num_ranks, step=fault.step),
-        )
+        arm_fault(fault_file, fault, spec.trainer.num_ranks)
         os.environ["SEEDSTACK_FAULT_FILE"] = str(fault_file)
     state = StackState(run_dir=str(run_dir), redis_url="")
     try:
-        state = up(run_dir, spec.startup_timeout_s, list(SERVICES), {"rollout": spec.rollout.num_servers})
+        state = up(run_dir, spec.startup_timeout_s, stack_services(spec), {"rollout": spec.rollout.num_servers})
     except SeedctlError as exc:
         raise JobError(f"stack did not start: {str(exc).splitlines()[0]} (logs in {run_dir}/logs/)") from None
     except KeyboardInterrupt:  # up() has stopped what it started
@@ -308,8 +332,17 @@ def run_job(
 
     try:
         return _run_and_report(
-            spec, run_dir, prompts_path, addresses, Timeline(started_unix_s=t0), fault, out, run_dir / "traces",
-            stop_stack=stop_stack, keep_up=keep_up,
+            spec,
+            run_dir,
+            prompts_path,
+            addresses,
+            Timeline(started_unix_s=t0),
+            fault,
+            out,
+            run_dir / "traces",
+            stop_stack=stop_stack,
+            keep_up=keep_up,
+            fault_file=fault_file,
         )
     finally:
         stop_stack()  # whatever went wrong after start-up, the stack this job started goes down (or was already)
@@ -327,13 +360,14 @@ def _run_and_report(
     *,
     stop_stack: Callable[[], None] | None = None,
     keep_up: bool = False,
+    fault_file: Path | None = None,
 ) -> int:
     """Drive the job on the stack at ``addresses``, take a fresh stack down (``stop_stack``), write the report."""
     from clients.jobreport import write_report
 
     code = 1
     try:
-        code = asyncio.run(_drive(spec, run_dir, prompts_path, addresses, timeline, fault, out))
+        code = asyncio.run(_drive(spec, run_dir, prompts_path, addresses, timeline, fault, out, fault_file))
     except KeyboardInterrupt:
         print("\nseedctl run: interrupted" + ("; taking the stack down" if stop_stack else ""), file=out)
         code = 130
@@ -473,6 +507,7 @@ async def _drive(
     timeline: Timeline,
     fault: FaultRequest | None,
     out: Any,
+    fault_file: Path | None = None,
 ) -> int:
     from seedstack.dataplane.v1 import dataplane_pb2 as dp
     from seedstack.robustness.v1 import robustness_pb2 as rb
@@ -486,7 +521,6 @@ async def _drive(
     from clients.trainer import TrainerClient
 
     job_id = uuid.uuid4().hex[:8]
-    fault_file = (run_dir / "fault.json") if fault is not None else None
     servers = sorted(n for n in addresses if n.split("-")[0] == "rollout")
     deadline = timeline.started_unix_s + spec.time_budget_s
     async with contextlib.AsyncExitStack() as stack:
@@ -512,21 +546,31 @@ async def _drive(
                     tp.StartRunRequest(request_id=f"job-{job_id}-run", run_config_text=json.dumps(run_config))
                 )
             ).run_id
-            r = spec.rollout
-            for name, client in rollouts.items():
-                await client.start_rollout(
-                    rp.StartRolloutRequest(
-                        request_id=f"job-{job_id}-{name}",
-                        dataplane_plan_id=plan_id,
-                        weighthub_model=WEIGHTHUB_MODEL,
-                        sampling=rp.SamplingParams(temperature=r.temperature, max_new_tokens=r.max_new_tokens),
-                        num_prompts_per_round=r.prompts_per_round,
-                        completion_ratio=r.completion_ratio,
-                        max_staleness_versions=r.max_staleness_versions,
-                    )
-                )
         except RPCError as exc:
             raise JobError(f"{exc.method}: {exc.code.name}: {exc.details}") from None
+
+        async def start_rollouts() -> None:
+            """The rollout servers' worker loops on the plan, following the run's versions. Started once the
+            run trains: its first version is out and the data plane knows it from the first NextBatch, so
+            no server spends the start generating with an earlier job's weights samples the plan drops."""
+            r = spec.rollout
+            try:
+                for name, client in rollouts.items():
+                    await client.start_rollout(
+                        rp.StartRolloutRequest(
+                            request_id=f"job-{job_id}-{name}",
+                            dataplane_plan_id=plan_id,
+                            weighthub_model=WEIGHTHUB_MODEL,
+                            sampling=rp.SamplingParams(temperature=r.temperature, max_new_tokens=r.max_new_tokens),
+                            num_prompts_per_round=r.prompts_per_round,
+                            completion_ratio=r.completion_ratio,
+                            max_staleness_versions=r.max_staleness_versions,
+                        )
+                    )
+            except RPCError as exc:
+                raise JobError(f"{exc.method}: {exc.code.name}: {exc.details}") from None
+
+        rollouts_started = False
         print(
             f"seedctl run: plan {plan_id}, trainer run {run_id}, {len(servers)} rollout servers; "
             f"RL for {spec.trainer.rl_time_budget_s:.0f} s after the warm start",
@@ -619,7 +663,8 @@ async def _drive(
                 progress.note(f"{why}; no checkpoint to restart from")
                 return None
             if fault_file is not None:
-                fault_file.unlink(missing_ok=True)  # an injected fault fires once, not again after the restart
+                # An injected fault fires once, not again after the restart.
+                await asyncio.to_thread(fault_file.unlink, True)
             resumed = dict(run_config)
             resumed["checkpoint"] = {**run_config["checkpoint"], "resume_from": str(checkpoint[1])}
             resumed["time_budget_s"] = max(spec.trainer.rl_time_budget_s - rl_used_s, 10.0)
@@ -658,6 +703,9 @@ async def _drive(
             state = tp.RunState.Name(run.state).removeprefix("RUN_STATE_")
             if state == "TRAINING" and not segment_rl_started:
                 segment_rl_started = now
+            if state == "TRAINING" and not rollouts_started:
+                await start_rollouts()
+                rollouts_started = True
             track(await monitor_incidents(), run)
             # Without a monitor nothing restarts a failed run but the job itself (from its last checkpoint).
             if (

@@ -1072,10 +1072,13 @@ class Engine:
         control = control or Control()
         if spec.checkpoint.resume_from:
             self.load_checkpoint(Path(spec.checkpoint.resume_from))
-            # Versions after the checkpoint's were published before the restart: never publish one twice.
-            latest = getattr(self.sink, "latest_version", None)
-            if latest is not None:
-                self.version = max(self.version, int(latest()))
+        # Versions past this run's were published before a restart, or by an earlier run under the same
+        # model name: never publish one twice, and publish this run's weights at once as the newest, so
+        # that rollout servers stop serving weights this run does not have.
+        latest = getattr(self.sink, "latest_version", None)
+        newest = int(latest()) if latest is not None else 0
+        republish = newest > self.version
+        self.version = max(self.version, newest)
         if not self.warm_started and spec.warm_start.num_steps > 0:
             self.reporter.state("WARM_START")
             self.warm_start(on_step=on_warm_start_step)
@@ -1084,8 +1087,14 @@ class Engine:
                 self.warm_started = True
                 self.save_checkpoint(self.checkpoint_path(self.step))
         self.warm_started = True
+        if spec.checkpoint.resume_from and spec.checkpoint.every_steps and self.checkpoint_dir is not None:
+            path = self.checkpoint_path(self.step)
+            if not path.exists():
+                # This run's own checkpoint at once: a crash before its first periodic one resumes here,
+                # with the data plane's cursor at this step, not from the checkpoint it was started from.
+                self.save_checkpoint(path)
         self.freeze_reference()
-        if self.version == 0:
+        if self.version == 0 or republish:
             self.publish()
         self._evaluate_and_report()
         self.reporter.state("TRAINING")

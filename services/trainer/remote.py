@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 NEXT_BATCH_WAIT_S = 2.0
+"""Colocated: how long NextBatch waits once the ranks' samples should fill the batch."""
 MAX_FILL_ROUNDS = 50
 
 
@@ -137,8 +138,14 @@ class DataPlaneFeed:
         self._plan_id = plan_id
         self._rank = rank
         self._colocated = colocated
+        self._ready_estimate = 0.0
+        """Colocated: samples all ranks put that the buffer keeps and no batch took yet (an estimate:
+        it starts at 0 after a restart, so the first batch may be over-filled by one round)."""
 
-    def _produce(self, engine: Engine, step: int, round_no: int) -> None:
+    def _produce(self, engine: Engine, step: int, round_no: int) -> int | None:
+        """One colocated round: draw this rank's prompts, generate, put; the samples the buffer keeps
+        (in groups with more than one reward when dynamic sampling drops the others); None when the
+        buffer is full."""
         from seedstack.common.v1 import common_pb2
         from seedstack.dataplane.v1 import dataplane_pb2 as dp
 
@@ -159,10 +166,10 @@ class DataPlaneFeed:
             )
         except RPCError as exc:
             if exc.code.name == "RESOURCE_EXHAUSTED":
-                return
+                return None
             raise
         if not reply.prompts:
-            return
+            return 0
         from services.trainer.engine import _seeded
 
         prompts = list(reply.prompts)
@@ -198,6 +205,32 @@ class DataPlaneFeed:
                 )
             )
         self._loop.call(self._client.put_sample_list(self._plan_id, f"trainer-rank-{self._rank}", messages))
+        rewards: dict[str, set[float]] = {}
+        for s in samples:
+            rewards.setdefault(s.group_id, set()).add(s.reward)
+        return sum(
+            by_group[g]
+            for g, seen in rewards.items()
+            if by_group[g] == int(reply.group_size) and (len(seen) > 1 or not engine.spec.dapo.dynamic_sampling)
+        )
+
+    def _fill(self, engine: Engine, step: int) -> None:
+        """Colocated: rounds on every rank until the samples kept since the last batch fill one (the
+        ranks agree on the count, so they leave together; a round that could not fill a batch is not
+        followed by a NextBatch that would wait for samples nobody is making)."""
+        r = engine.spec.rollout
+        batch = r.prompts_per_step * r.group_size
+        for round_no in range(MAX_FILL_ROUNDS):
+            if self._ready_estimate >= batch:
+                return
+            produced = self._produce(engine, step, round_no)
+            kept, num_full = engine.comm.sum_floats([float(produced or 0), float(produced is None)])
+            self._ready_estimate += kept
+            if num_full:
+                return  # the buffer is full: NextBatch waits for what is in it (or the prompts reissued)
+        raise DeadlineExceeded(
+            f"dataplane plan {self._plan_id}: batch {step} not filled after {MAX_FILL_ROUNDS} rounds"
+        )
 
     def collect(self, engine: Engine, step: int) -> list[TrainSample]:
         """This rank's share of batch ``step``, producing samples first when colocated."""
@@ -206,9 +239,9 @@ class DataPlaneFeed:
         from clients.base import RPCError
         from services.trainer.engine import TrainSample
 
-        for round_no in range(MAX_FILL_ROUNDS):
+        for _ in range(MAX_FILL_ROUNDS):
             if self._colocated:
-                self._produce(engine, step, round_no)
+                self._fill(engine, step)
             try:
                 reply = self._loop.call(
                     self._client.next_batch(
@@ -222,10 +255,14 @@ class DataPlaneFeed:
             except RPCError as exc:
                 if exc.code.name != "DEADLINE_EXCEEDED":
                     raise
+                self._ready_estimate = 0.0  # the estimate was wrong (samples dropped as stale): fill anew
         else:
             raise DeadlineExceeded(
                 f"dataplane plan {self._plan_id}: batch {step} not filled after {MAX_FILL_ROUNDS} rounds"
             )
+        if self._colocated:
+            r = engine.spec.rollout
+            self._ready_estimate = max(0.0, self._ready_estimate - r.prompts_per_step * r.group_size)
         out = []
         for i, s in enumerate(reply.samples):
             if not s.HasField("reward"):

@@ -32,8 +32,13 @@ eval: {every_steps: 5, num_prompts: 40}
 
 def seedctl(*args: str, env: dict[str, str] | None = None, timeout_s: float = 420) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "SEEDSTACK_TRACE_FILE", "SEEDSTACK_RUN_DIR")}
-    return subprocess.run([sys.executable, "-m", "clients.seedctl", *args], capture_output=True, text=True,
-                          timeout=timeout_s, env={**base, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "clients.seedctl", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        env={**base, **(env or {})},
+    )
 
 
 def assert_trained_and_reported(done: subprocess.CompletedProcess[str], run_dir: Path) -> dict[str, object]:
@@ -97,15 +102,23 @@ def test_seedctl_run_on_an_existing_stack_starts_and_stops_nothing(tmp_path: Pat
     job.write_text(TINY_JOB)
     run_dir = tmp_path / "job"
     services = "weighthub,dataplane,robustness,rollout,trainer"
-    started = seedctl("--run-dir", str(stack_dir), "up", "--services", services, "--replicas", "rollout=2",
-                      timeout_s=240)
+    started = seedctl(
+        "--run-dir", str(stack_dir), "up", "--services", services, "--replicas", "rollout=2", timeout_s=240
+    )
     assert started.returncode == 0, started.stderr + started.stdout
     state = StackState.load(stack_dir)
     assert state is not None and set(state.services) == {*services.split(","), "rollout-2"}
     try:
         # Found the way a compose or Kubernetes job finds it: the stack's Redis and its service registry.
-        done = seedctl("--run-dir", str(run_dir), "run", str(job), "--stack", "existing",
-                       env={"REDIS_URL": state.redis_url, "SEEDSTACK_RUN_DIR": str(stack_dir)})
+        done = seedctl(
+            "--run-dir",
+            str(run_dir),
+            "run",
+            str(job),
+            "--stack",
+            "existing",
+            env={"REDIS_URL": state.redis_url, "SEEDSTACK_RUN_DIR": str(stack_dir)},
+        )
         figures = assert_trained_and_reported(done, run_dir)
         assert f"existing stack at {state.redis_url}" in done.stdout and "keeps running" in done.stdout
         assert figures["num_rl_steps"] and figures["trace"], figures
@@ -117,9 +130,35 @@ def test_seedctl_run_on_an_existing_stack_starts_and_stops_nothing(tmp_path: Pat
         status = seedctl("--run-dir", str(stack_dir), "status", timeout_s=60)
         rows = {line.split()[0]: line.split()[2] for line in status.stdout.splitlines()[1:]}
         assert set(rows) == {"redis", *state.services} and set(rows.values()) == {"SERVING"}, status.stdout
+        # A second job on the same stack: its versions come after the first job's (the rollout servers
+        # follow only newer versions than they hold), and they serve them.
+        second = seedctl(
+            "--run-dir",
+            str(tmp_path / "job-2"),
+            "run",
+            str(job),
+            "--stack",
+            "existing",
+            env={"REDIS_URL": state.redis_url, "SEEDSTACK_RUN_DIR": str(stack_dir)},
+        )
+        figures_2 = assert_trained_and_reported(second, tmp_path / "job-2")
+        served: dict[str, dict[str, int]] = figures["rollout_final"]  # type: ignore[assignment]
+        served_2: dict[str, dict[str, int]] = figures_2["rollout_final"]  # type: ignore[assignment]
+        first_last = max(s["served_version"] for s in served.values())
+        assert all(s["served_version"] > first_last for s in served_2.values()), (served, served_2)
         # An existing stack is not the job's to fault or to keep up.
-        refused = seedctl("--run-dir", str(tmp_path / "job2"), "run", str(job), "--stack", "existing",
-                          "--inject-fault", "crash@3", env={"REDIS_URL": state.redis_url}, timeout_s=60)
+        refused = seedctl(
+            "--run-dir",
+            str(tmp_path / "job2"),
+            "run",
+            str(job),
+            "--stack",
+            "existing",
+            "--inject-fault",
+            "crash@3",
+            env={"REDIS_URL": state.redis_url},
+            timeout_s=60,
+        )
         assert refused.returncode == 1 and "--inject-fault needs a fresh stack" in refused.stderr
     finally:
         stopped = seedctl("--run-dir", str(stack_dir), "down", timeout_s=120)
@@ -134,8 +173,16 @@ async def test_a_stopped_job_takes_its_stack_down(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "SEEDSTACK_TRACE_FILE", "SEEDSTACK_RUN_DIR")}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "clients.seedctl", "--run-dir", str(run_dir), "run", str(job),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
+        sys.executable,
+        "-m",
+        "clients.seedctl",
+        "--run-dir",
+        str(run_dir),
+        "run",
+        str(job),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env=env,
     )
 
     def stack_up() -> bool:
@@ -161,8 +208,16 @@ async def test_a_stopped_job_takes_its_stack_down(tmp_path: Path) -> None:
 def test_an_existing_stack_that_is_not_there_is_one_line(tmp_path: Path) -> None:
     job = tmp_path / "job.yaml"
     job.write_text("{startup_timeout_s: 3}\n")
-    nowhere = seedctl("--run-dir", str(tmp_path / "a"), "run", str(job), "--stack", "existing",
-                      env={"SEEDSTACK_RUN_DIR": str(tmp_path / "no-stack")}, timeout_s=60)
+    nowhere = seedctl(
+        "--run-dir",
+        str(tmp_path / "a"),
+        "run",
+        str(job),
+        "--stack",
+        "existing",
+        env={"SEEDSTACK_RUN_DIR": str(tmp_path / "no-stack")},
+        timeout_s=60,
+    )
     assert nowhere.returncode == 1 and nowhere.stderr.strip().count("\n") == 0, nowhere.stderr
     assert "REDIS_URL is not set" in nowhere.stderr and "no-stack holds no stack" in nowhere.stderr
 

@@ -133,3 +133,51 @@ async def test_a_skipped_step_draws_its_batch_from_the_data_plane_and_drops_it(r
             assert stats.num_samples_served > sum(m["num_samples"] for m in trained.values())
     finally:
         await dataplane.stop(0.2)
+
+
+async def test_colocated_ranks_fill_each_batch_with_their_own_fresh_groups(redis_url: str) -> None:
+    """Synchronous RL (``rollout.colocated``): the rank generates rounds with the policy it trains until
+    the groups dynamic sampling keeps fill the batch, then trains on it: full batches, on-policy but for
+    the groups the last fill round made beyond the batch (one version old at the next step)."""
+    dataplane = await create_dataplane(DataPlaneConfig(redis_url=redis_url, port=0, host="127.0.0.1", grace_s=0.2))
+    await dataplane.server.start()
+    dp_address = f"127.0.0.1:{dataplane.port}"
+    plan_yaml = PLAN.replace("dynamic_sampling: false", "dynamic_sampling: true")
+    try:
+        async with DataPlaneClient(dp_address) as client:
+            plan_id = (await client.submit_plan(dp.SubmitPlanRequest(request_id="c", mixture_yaml=plan_yaml))).plan_id
+            spec = RunSpec.from_dict(
+                {
+                    "algorithm": "dapo",
+                    "model": {"config_json": TINY_MODEL},
+                    "num_steps": 3,
+                    "task": {"num_eval": 8},
+                    "warm_start": {"num_steps": 20, "batch_size": 16},
+                    "rollout": {"prompts_per_step": 4, "group_size": 4, "max_new_tokens": 4, "colocated": True},
+                    "dataplane_plan_id": plan_id,
+                    "dataplane_address": dp_address,
+                }
+            )
+
+            def train() -> dict[int, dict[str, float]]:
+                feed = connect_feed(spec, 0)
+                engine = Engine(spec, feed=feed)
+                trained: dict[int, dict[str, float]] = {}
+                try:
+                    engine.run(on_step=trained.__setitem__)
+                finally:
+                    assert feed is not None
+                    feed.close()
+                return trained
+
+            trained = await asyncio.to_thread(train)
+            assert sorted(trained) == [1, 2, 3]
+            for step, metrics in trained.items():
+                assert metrics["num_samples"] == 16, (step, metrics)
+                assert metrics["staleness_0"] + metrics["staleness_1"] == 16, (step, metrics)
+            assert trained[1]["staleness_0"] == 16  # the first batch is all from the policy it trains
+            stats = await client.stats(dp.StatsRequest(plan_id=plan_id))
+            # Uniform groups were dropped and made up for by more rounds, not by a failed batch.
+            assert stats.num_samples_served == 3 * 16
+    finally:
+        await dataplane.stop(0.2)

@@ -28,6 +28,26 @@ def test_ppo_epochs_and_mini_batches_reach_the_trainer() -> None:
     assert run.ppo_epochs == 2 and run.mini_batch_size == 32
 
 
+def test_no_rollout_servers_is_synchronous_rl_generated_by_the_trainer() -> None:
+    from clients.mainjob import stack_services
+
+    sync = parse_job_spec({"rollout": {"num_servers": 0}})
+    assert sync.run_config(plan_id="p").rollout.colocated and "rollout" not in stack_services(sync)
+    streaming = parse_job_spec({})
+    assert not streaming.run_config(plan_id="p").rollout.colocated and "rollout" in stack_services(streaming)
+
+
+def test_the_experience_buffer_is_sized_in_training_batches(tmp_path: Path) -> None:
+    import yaml
+
+    batch = 16 * 8
+    default = yaml.safe_load(parse_job_spec({}).mixture_yaml(tmp_path / "p.jsonl"))
+    deeper = yaml.safe_load(parse_job_spec({"rollout": {"buffered_batches": 3}}).mixture_yaml(tmp_path / "p.jsonl"))
+    # Whole batches and one group (8) more: groups thinned by drops never leave it full short of a batch.
+    assert default["global_batch_size"] == batch and deeper["rl"]["max_buffered_samples"] == 3 * batch + 8
+    assert default["rl"]["max_buffered_samples"] == parse_job_spec({}).rollout.buffered_batches * batch + 8
+
+
 def test_a_partial_spec_keeps_the_other_defaults(tmp_path: Path) -> None:
     path = tmp_path / "job.yaml"
     path.write_text("rollout: {completion_ratio: 0.5}\nmodel: {hidden_size: 64, num_attention_heads: 2}\n")
@@ -55,6 +75,8 @@ def test_a_partial_spec_keeps_the_other_defaults(tmp_path: Path) -> None:
         ({"algorithm": {"ppo_epochs": "two"}}, "algorithm.ppo_epochs"),
         ({"algorithm": {"mini_batch_size": 1}}, "algorithm.mini_batch_size"),
         ({"algorithm": {"mini_batch_size": 129}}, "algorithm.mini_batch_size"),
+        ({"rollout": {"num_servers": -1}}, "rollout.num_servers"),
+        ({"rollout": {"buffered_batches": 0}}, "rollout.buffered_batches"),
     ],
 )
 def test_a_bad_spec_is_refused_with_the_field_named(data: dict[str, object], field: str) -> None:

@@ -11,13 +11,21 @@ from clients.mainjob import find_step_trace, read_spans, trace_lines
 from clients.seedctl import main as seedctl_main
 
 
-def span(trace: str, span_id: str, service: str, name: str, start_ms: int, parent: str | None = None,
-         **attributes: Any) -> dict[str, Any]:
+def span(
+    trace: str, span_id: str, service: str, name: str, start_ms: int, parent: str | None = None, **attributes: Any
+) -> dict[str, Any]:
     """One span as services.common.telemetry.JsonFileSpanExporter writes it."""
     return {
-        "trace_id": trace, "span_id": span_id, "parent_span_id": parent, "service": service, "name": name,
-        "kind": "INTERNAL", "start_unix_ns": start_ms * 1_000_000, "end_unix_ns": (start_ms + 5) * 1_000_000,
-        "status": "UNSET", "attributes": attributes,
+        "trace_id": trace,
+        "span_id": span_id,
+        "parent_span_id": parent,
+        "service": service,
+        "name": name,
+        "kind": "INTERNAL",
+        "start_unix_ns": start_ms * 1_000_000,
+        "end_unix_ns": (start_ms + 5) * 1_000_000,
+        "status": "UNSET",
+        "attributes": attributes,
     }
 
 
@@ -47,23 +55,30 @@ def write_steps(traces: Path, steps: list[dict[str, list[dict[str, Any]]]]) -> N
 
 def test_the_step_reaching_the_most_services_in_the_second_half_is_picked(tmp_path: Path) -> None:
     traces = tmp_path / "traces"
-    write_steps(traces, [
-        # An early step reaching every service: start-up, not what the report shows.
-        step_trace("a" * 32, 1, 1000, ("dataplane", "rollout", "weighthub")),
-        step_trace("b" * 32, 2, 2000, ("dataplane",)),
-        step_trace("c" * 32, 3, 3000, ("dataplane", "weighthub")),
-        step_trace("d" * 32, 4, 4000, ("dataplane", "rollout", "weighthub")),
-        step_trace("e" * 32, 5, 5000, ("dataplane", "rollout", "weighthub")),
-    ])
-    write(traces, "rollout.jsonl", [], junk="not json\n{\"half\": \n")  # a torn line from a crash is skipped
+    write_steps(
+        traces,
+        [
+            # An early step reaching every service: start-up, not what the report shows.
+            step_trace("a" * 32, 1, 1000, ("dataplane", "rollout", "weighthub")),
+            step_trace("b" * 32, 2, 2000, ("dataplane",)),
+            step_trace("c" * 32, 3, 3000, ("dataplane", "weighthub")),
+            step_trace("d" * 32, 4, 4000, ("dataplane", "rollout", "weighthub")),
+            step_trace("e" * 32, 5, 5000, ("dataplane", "rollout", "weighthub")),
+        ],
+    )
+    write(traces, "rollout.jsonl", [], junk='not json\n{"half": \n')  # a torn line from a crash is skipped
 
     trace = find_step_trace(traces)
 
     assert trace["trace_id"] == "d" * 32 and trace["step"] == 4  # the earliest of the equals after the middle
     assert trace["services"] == ["dataplane", "rollout", "trainer-rank", "weighthub"]
     assert trace["missing"] == [] and trace["num_spans"] == 4
-    assert [Path(f).name for f in trace["files"]] == ["dataplane.jsonl", "rollout.jsonl", "trainer.jsonl",
-                                                      "weighthub.jsonl"]
+    assert [Path(f).name for f in trace["files"]] == [
+        "dataplane.jsonl",
+        "rollout.jsonl",
+        "trainer.jsonl",
+        "weighthub.jsonl",
+    ]
     assert trace["view"] == f"seedctl --run-dir {tmp_path} trace {'d' * 32}"
 
 

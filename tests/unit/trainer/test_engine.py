@@ -163,3 +163,79 @@ def test_a_resumed_run_drops_the_batches_before_skip_data_until_step(tmp_path: P
     reported = read_status(run_dir)
     assert reported["num_skipped_steps"] == 2 and reported["skipped_steps"] == [2, 3] and reported["step"] == 4
     assert "step 3: batch dropped" in reported["last_skip_reason"]
+
+
+class _Recorder:
+    """A reporter and weight sink that keep what the run told them, in order."""
+
+    def __init__(self, hub_latest: int) -> None:
+        self.hub_latest = hub_latest
+        self.events: list[tuple[str, object]] = []
+
+    def state(self, state: str, reason: str = "") -> None:
+        self.events.append(("state", state))
+
+    def step(self, step: int, metrics: dict[str, float]) -> None:
+        self.events.append(("step", step))
+
+    def evaluation(self, step: int, accuracy: float, num_prompts: int) -> None:
+        self.events.append(("evaluation", step))
+
+    def skipped(self, step: int, reason: str) -> None:
+        self.events.append(("skipped", step))
+
+    def published(self, version: int) -> None:
+        self.events.append(("published", version))
+
+    def checkpointed(self, path: str) -> None:
+        self.events.append(("checkpointed", Path(path).name))
+
+    def latest_version(self) -> int:
+        return self.hub_latest
+
+    def publish(self, version: int, tensors: dict[str, torch.Tensor]) -> None:
+        self.hub_latest = max(self.hub_latest, version)
+
+
+@pytest.mark.parametrize(("hub_latest", "first_version"), [(2, 3), (5, 6)])
+def test_a_resumed_run_checkpoints_at_once_and_serves_its_own_weights(
+    tmp_path: Path, hub_latest: int, first_version: int
+) -> None:
+    spec = RunSpec.from_dict(tiny_spec(algorithm="grpo", warm_start={"num_steps": 0}))
+    first = Engine(spec, checkpoint_dir=tmp_path / "first")
+    first.advance()
+    first.advance()
+    path = first.save_checkpoint(first.checkpoint_path(first.step))
+    assert (first.step, first.version) == (2, 2)
+    resumed_spec = RunSpec.from_dict(
+        tiny_spec(
+            algorithm="grpo",
+            warm_start={"num_steps": 0},
+            num_steps=3,
+            checkpoint={"resume_from": str(path), "every_steps": 10},
+        )
+    )
+    recorder = _Recorder(hub_latest)
+    resumed = Engine(resumed_spec, reporter=recorder, sink=recorder, checkpoint_dir=tmp_path / "second")
+    assert resumed.run() == "COMPLETED"
+    # Its own checkpoint of the resumed step comes first: a crash before step 10 resumes from it, in
+    # this run's directory, instead of from the other run's checkpoint (and its data-plane cursor).
+    assert recorder.events[0] == ("checkpointed", "step-000002.pt")
+    assert (tmp_path / "second" / "step-000002.pt").exists()
+    published = [v for kind, v in recorder.events if kind == "published"]
+    if hub_latest > first.version:
+        # Versions 3..5 came from steps the crash lost: the resumed weights go out as version 6 at once,
+        # so that rollout servers stop serving weights the run no longer has; step 3 then makes 7.
+        assert published == [first_version, first_version + 1]
+    else:
+        assert published == [first_version]  # the hub serves the checkpoint's weights already
+    assert recorder.events.index(("step", 3)) > recorder.events.index(("checkpointed", "step-000002.pt"))
+
+
+def test_a_new_run_on_a_model_with_versions_publishes_after_them() -> None:
+    # An earlier job on the same stack published versions 1..7 of the model: this run's weights go out
+    # as 8 at once (rollout servers follow only newer versions), never as a second version 1.
+    recorder = _Recorder(7)
+    spec = RunSpec.from_dict(tiny_spec(algorithm="grpo", warm_start={"num_steps": 0}, num_steps=1))
+    assert Engine(spec, reporter=recorder, sink=recorder).run() == "COMPLETED"
+    assert [v for kind, v in recorder.events if kind == "published"] == [8, 9]
