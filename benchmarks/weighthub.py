@@ -3,15 +3,25 @@
 On this machine (part (a) of issue #3), for K = 1, 2, 4, 8 reader processes and a model of 16
 float32 tensors (256 MiB; 64 MiB with ``--quick``):
 
-- ``hub``: the trainer publishes through a ``Publisher`` (bounded to one concurrent reader, so
-  readers fan out among themselves); each reader process runs a ``Reader`` that watches and fetches,
-  serving every chunk it verified to the others while it still fetches the rest (chunk-level
-  pipelining; the hub holds plan requests open while every source is busy, nobody polls).
-  Timed from the start of ``publish`` (the trainer's copy into its buffers and hashing included)
-  until every reader holds the version. Two warm-up versions first, so buffers are touched and
-  connections made; the timed version differs in every chunk (a full read).
+- ``hub``: the trainer publishes through a ``Publisher`` (one read slot for readers on other
+  hosts, so that its NIC sends one copy; readers on its host copy out of its shared memory
+  themselves, which costs it no copy, so the hub gives it ``shm_max_concurrent_reads`` = 8 slots
+  for them); each reader process runs a ``Reader`` that watches and fetches. The hub spreads the
+  trainer's chunks over the readers that held the previous version when the trainer can serve
+  them at once (each starts on its own slice; over the one NIC slot one reader streams them all),
+  and names a reader as the source of chunks it is still fetching from a holder that has them
+  (the read waits at that reader until each chunk lands: followers need no progress report and
+  no new plan first). Every chunk is hashed where it crosses a socket; a same-host copy out of a
+  holder's shared memory is not hashed (the holder serves it under a read lease, only once it is
+  in its memory hashed or verified), the naive scheme's reads below are. Timed from the start of
+  ``publish`` (the trainer's copy into its buffers and hashing included) until every reader holds
+  the version. Two warm-up versions first, so buffers are touched and connections made; the timed
+  version differs in every chunk (a full read).
 - ``naive``: every reader reads every tensor straight from the trainer's ``TensorHolder`` with the
-  same transport. Timed from the trainer's update of its tensors (copy + re-hash) until all are done.
+  same transport, two tensors at a time, every chunk hashed (the transport's default read). Timed
+  from the trainer's update of its tensors (copy + re-hash) until all are done. For orientation,
+  ``naive_k8_noverify``: the same at K = 8 on one host with the hash of the shared-memory copies
+  skipped as the hub's readers skip it (``hub_vs_naive_noverify_k8``; not a headline figure).
 - ``broadcast``: ``torch.distributed.broadcast`` (gloo) of the 16 tensors from the trainer (rank 0)
   to K ranks, timed on rank 0 until a barrier after the last broadcast.
 
@@ -40,6 +50,7 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import gc
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -156,7 +167,9 @@ async def _hub_worker(
 
         async def follow() -> None:
             async for version in reader.watch():
+                cpu_started = time.process_time()
                 await reader.fetch(version)
+                cpu_s = time.process_time() - cpu_started
                 stats = reader.last_fetch
                 conn.send(
                     (
@@ -167,6 +180,7 @@ async def _hub_worker(
                         stats.bytes_read,
                         stats.num_read_failures,
                         stats.num_plans,
+                        cpu_s,
                     )
                 )
 
@@ -176,6 +190,7 @@ async def _hub_worker(
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+    gc.collect()  # this reader's buffers (shared memory) go before the next scheme allocates its own
     conn.send("stopped")
 
 
@@ -185,6 +200,7 @@ async def _naive_worker(
     sizes: list[int],
     host_id: str | None,
     parallel: int = 2,
+    verify: bool = True,
 ) -> None:
     from services.common.transport import TensorReader, TensorRef
 
@@ -194,7 +210,7 @@ async def _naive_worker(
 
         async def one(ref: TensorRef, dst: torch.Tensor) -> None:
             async with limit:
-                await reader.read(ref, dst)
+                await reader.read(ref, dst, verify=verify)
 
         conn.send("started")
         while (command := await loop.run_in_executor(None, conn.recv))[0] == "go":
@@ -301,7 +317,7 @@ async def hub_scheme(
         for conn in conns:
             assert await _recv(conn) == "started"
         versions = [model_weights(size_bytes, seed) for seed in range(1, 3 + reps)]
-        samples, egress, plans = [], [], []
+        samples, egress, plans, cpu = [], [], [], []
         for version, tensors in enumerate(versions, start=1):
             started = time.time()
             await publisher.publish(version, tensors)
@@ -311,12 +327,14 @@ async def hub_scheme(
                 samples.append(max(d[2] for d in done) - started)
                 egress.append(sum(d[3].get(publisher.holder_id, 0) for d in done))
                 plans.append(statistics.mean(d[6] for d in done))
+                cpu.append(statistics.mean(d[7] for d in done))
         result = {
             "seconds": statistics.median(samples),
             "samples_s": samples,
             "egress_bytes": max(egress),
             "egress_per_version": max(egress) / size_bytes,
             "plans_per_reader": statistics.mean(plans),
+            "reader_cpu_s": statistics.median(cpu),
             "read_failures": sum(d[5] for d in done),
         }
         if delta:
@@ -346,8 +364,11 @@ async def hub_scheme(
     return result
 
 
-async def naive_scheme(workers: Workers, k: int, size_bytes: int, *, net: bool, reps: int) -> dict[str, Any]:
-    """Every reader reads every tensor from the trainer's holder (median of ``reps`` after a warm-up)."""
+async def naive_scheme(
+    workers: Workers, k: int, size_bytes: int, *, net: bool, reps: int, verify: bool = True
+) -> dict[str, Any]:
+    """Every reader reads every tensor from the trainer's holder (median of ``reps`` after a warm-up);
+    ``verify=False`` skips the hash of shared-memory copies (over a socket the transport hashes anyway)."""
     from services.common.transport import TensorHolder
 
     tensors = model_weights(size_bytes, 1)
@@ -360,7 +381,7 @@ async def naive_scheme(workers: Workers, k: int, size_bytes: int, *, net: bool, 
         conns = workers.conns[:k]
         sizes = [tensors[n].numel() * 4 for n in names]
         for i, conn in enumerate(conns):
-            conn.send(("naive", sizes, f"naive-reader-{i}" if net else None))
+            conn.send(("naive", sizes, f"naive-reader-{i}" if net else None, 2, verify))
         for conn in conns:
             assert await _recv(conn) == "started"
         samples = []
@@ -486,7 +507,9 @@ async def ceilings(size_bytes: int) -> dict[str, float]:
 
 async def primitives(hub: str, size_bytes: int, workers: Workers) -> dict[str, float]:
     """Rates and latencies of this machine the simulator is told: hash, and, from a reader process
-    as the schemes' readers make them, one small read from a holder in this process and one hub RPC."""
+    as the schemes' readers make them, one small read from a holder in this process, one hub RPC,
+    and a reader's CPU time for one fetch through the hub of a version of tiny tensors (its
+    bookkeeping, without bytes to speak of)."""
     import xxhash
 
     from services.common.transport import TensorHolder
@@ -505,6 +528,8 @@ async def primitives(hub: str, size_bytes: int, workers: Workers) -> dict[str, f
         conn = workers.conns[0]
         conn.send(("latency", hub, ref.to_json()))
         out["read_latency_s"], out["rpc_s"] = await _recv(conn)
+    # A reader's CPU for one fetch besides the bytes: a version of NUM_TENSORS tensors of 1 KiB.
+    out["fetch_cpu_s"] = (await hub_scheme(hub, workers, 1, NUM_TENSORS * 1024, net=False, reps=2))["reader_cpu_s"]
     return out
 
 
@@ -564,7 +589,8 @@ def simulator_check(figures: dict[str, Any], size_bytes: int) -> dict[str, Any]:
     ends a fetch, the trainer's Publish) takes one measured hub round trip of the hub's single
     thread, so the RPCs of K readers queue there; every chunk read costs one measured small-read
     round trip on top of its bytes. It is told this machine's rates as measured in the same run:
-    the ceilings, ``primitives`` (hash, one small read, one hub RPC) and, right beside each K --
+    the ceilings, ``primitives`` (hash, one small read, one hub RPC, a reader's CPU time for one
+    fetch besides the bytes, from a fetch of tiny tensors) and, right beside each K --
     other work on the host makes them drift -- one reader process reading the whole model through
     the tensor plane per carrier, as the schemes' readers do, and the trainer's copy-and-hash
     (``rates_k*``). Nothing of the measured scheme times is fed in: the predictions stand or fall
@@ -573,6 +599,7 @@ def simulator_check(figures: dict[str, Any], size_bytes: int) -> dict[str, Any]:
     each rate probe's fastest sample and compared with each scheme's fastest sample.
     """
     from services.weighthub import sim
+    from services.weighthub.config import WeightHubConfig
 
     ceilings, prim = figures["ceilings"], figures["primitives"]
     machine = sim.MachineSpec(
@@ -583,8 +610,11 @@ def simulator_check(figures: dict[str, Any], size_bytes: int) -> dict[str, Any]:
         read_latency_s=prim["read_latency_s"],
         rpc_s=prim["rpc_s"],
     )
-    # The client as built and configured here: partial holders reporting verified chunks, plans of
-    # at most 16 chunks held open by the hub while every source is busy (no polling).
+    # The client as built and configured here: partial holders serving chunks as they land (named
+    # as sources of chunks in flight), plans of at most 16 chunks held open by the hub while every
+    # source is busy (no polling) and asked for as soon as the last one is answered, the publisher's
+    # chunks spread over the readers, shared-memory copies not hashed, the hub's shared-memory
+    # fan-out (WeightHubConfig.shm_max_concurrent_reads).
     options = sim.HubOptions(
         partial_holders=True,
         publisher_max_concurrent_reads=1,
@@ -594,6 +624,12 @@ def simulator_check(figures: dict[str, Any], size_bytes: int) -> dict[str, Any]:
         poll_s=0.0,
         control_s=prim["rpc_s"],
         hub_queue=True,
+        serve_in_flight=True,
+        spread_publisher_chunks=True,
+        pipelined_plans=True,
+        shm_max_concurrent_reads=WeightHubConfig.shm_max_concurrent_reads,
+        hash_shm_reads=False,
+        fetch_cpu_s=prim["fetch_cpu_s"],
     )
     points: dict[str, Any] = {}
     errors = []
@@ -664,9 +700,16 @@ async def run(*, quick: bool) -> dict[str, Any]:
                         figures[f"hub_k{k}{suffix}"] = await hub_scheme(
                             hub, workers, k, size_bytes, net=net, reps=reps, delta=k == 8 and not net
                         )
+                        # The scheme's buffers (shared memory) go now, not at some later collection:
+                        # at 256 MiB a few schemes' worth lingering is gigabytes.
+                        gc.collect()
                         progress.advance()
                         figures[f"naive_k{k}{suffix}"] = await naive_scheme(workers, k, size_bytes, net=net, reps=reps)
                         progress.advance()
+                        if k == 8 and not net:
+                            figures["naive_k8_noverify"] = await naive_scheme(
+                                workers, k, size_bytes, net=False, reps=reps, verify=False
+                            )
                     figures[f"broadcast_k{k}"] = await broadcast_scheme(workers, k, size_bytes, reps=reps)
                     progress.advance()
                 figures["kill"] = await kill_scenario(hub, workers, size_bytes)
@@ -694,6 +737,7 @@ async def run(*, quick: bool) -> dict[str, Any]:
         "kill_completed": figures["kill"]["completed"],
         "kill_extra_seconds": figures["kill"]["extra_seconds"],
         "delta_bytes_fraction": hub8["delta_bytes_fraction"],
+        "hub_vs_naive_noverify_k8": figures["naive_k8_noverify"]["seconds"] / hub8["seconds"],
         "hub_vs_naive_k8_net": figures["naive_k8_net"]["seconds"] / hub8_net["seconds"],
         "hub_vs_broadcast_k8_net": figures["broadcast_k8"]["seconds"] / hub8_net["seconds"],
         "egress_per_version_k8_net": hub8_net["egress_per_version"],
@@ -727,6 +771,11 @@ async def run(*, quick: bool) -> dict[str, Any]:
             "simulator_check's docstring)"
         ),
         "throughput_ceiling": "one loopback socket (benchmarks/transport.py raw_socket_method)",
+        "verification": (
+            "hub readers hash every chunk that crosses a socket and none they copy out of a same-host "
+            "holder's shared memory (leased, verified there); naive readers hash every chunk; "
+            "naive_k8_noverify / hub_vs_naive_noverify_k8: naive with the hub readers' skip, for orientation"
+        ),
         "delta_changed_fraction": 0.05,
         "simulator": "services/weighthub/sim.py: flow-level, max-min fair, drives services/weighthub/planner.py",
         "paper_ratios": cluster["paper"],

@@ -592,6 +592,8 @@ class FetchStats:
 
 _NUM_ANNOUNCED = 2
 """Manifests of announced versions a reader keeps (the newest ones)."""
+_READ_THREADS = 64
+"""Transfer threads of a Reader's tensor reader (see ``Reader.start``)."""
 _PLAN_RPC_MARGIN_S = 5.0
 """A plan request's deadline beyond the time the hub may hold it open."""
 
@@ -599,16 +601,29 @@ _PLAN_RPC_MARGIN_S = 5.0
 class _Progress:
     """Reports a fetch's verified chunks and finished sources to the hub in the background, one call
     at a time, batching what arrives meanwhile (a chunk verified is served to others only once the
-    hub knows of it)."""
+    hub knows of it).
+
+    With ``in_flight_known`` (the hub already names this reader as the source of the chunks it
+    fetches, see ``serve_in_flight``) verified chunks alone do not make a report: they ride along
+    with the next report of a finished source (whose read slot then goes to others), and the
+    fetch's ReportHeld covers the rest. That spares the hub most progress calls."""
 
     def __init__(
-        self, client: WeightHubClient, holder_id: str, model: str, version: int, *, serve_chunks: bool
+        self,
+        client: WeightHubClient,
+        holder_id: str,
+        model: str,
+        version: int,
+        *,
+        serve_chunks: bool,
+        in_flight_known: bool = False,
     ) -> None:
         self._client = client
         self._holder_id = holder_id
         self._model = model
         self._version = version
         self._serve_chunks = serve_chunks
+        self._in_flight_known = in_flight_known
         self._chunks: set[int] = set()
         self._finished: set[str] = set()
         self.reads_per_holder: dict[str, int] = {}
@@ -621,7 +636,7 @@ class _Progress:
         """Chunks now verified in this reader's buffers."""
         if self._serve_chunks:
             self._chunks.update(indices)
-            if self._chunks:
+            if self._chunks and not self._in_flight_known:
                 self._wake.set()
 
     def finish_source(self, holder_id: str) -> None:
@@ -664,6 +679,12 @@ class _Progress:
 class Reader:
     """Rollout side: watches versions, fetches them verified (only the changed chunks when it holds
     an older version), and then serves them to later readers as a holder.
+
+    While it fetches a new version it already serves it, each chunk from the moment it lands and
+    verifies (a read of a chunk still on its way waits for it), so the hub sends other readers to
+    it for the chunks it is fetching. A chunk that crosses a socket is hashed; one copied out of a
+    same-host holder's shared memory is not (the holder serves it under a read lease, only once it
+    is in its memory hashed or verified).
 
     Tensors returned by :meth:`fetch` are served to other readers: do not modify them in place
     (fetch the next version into other buffers and swap, or pass them back as ``into``).
@@ -741,7 +762,9 @@ class Reader:
     async def start(self) -> None:
         """Start serving and register with the hub."""
         self._client = await self._membership.start()
-        self._reader = TensorReader()
+        # Reads of chunks a source is still fetching wait at that source (serve_in_flight); enough
+        # threads that such waits never hold up this reader's own reads of what others wait for.
+        self._reader = TensorReader(max_concurrent_transfers=_READ_THREADS)
 
     async def __aenter__(self) -> Reader:
         await self.start()
@@ -821,15 +844,15 @@ class Reader:
         metas = _tensor_metas(manifest)
         stats = FetchStats(version=version)
         destinations, recycled = await self._destinations(manifest, into)
-        withdrawn: asyncio.Task[None] | None = None
         if recycled is not None:
-            # The hub hears of it while this fetch goes on; the buffers are written only once no
-            # read of the recycled version is in flight.
-            withdrawn = asyncio.create_task(self._report_withdrawn(recycled))
+            # The buffers are written only once no read of the recycled version is in flight, and
+            # from now on this holder refuses new reads of it (a reader planned to it meanwhile
+            # re-plans elsewhere). The hub hears of it with the fetch's ReportHeld: told now, the
+            # call would queue at the hub ahead of every reader's first plan of the new version.
             try:
                 await self._unserve(recycled)
             except BaseException:
-                await withdrawn
+                await self._report_withdrawn(recycled)
                 raise
         # The delta is against the newest version held; buffers recycled from another version get
         # the unchanged chunks copied from it locally.
@@ -846,22 +869,32 @@ class Reader:
         # reader only once it reported that chunk verified. A version held already (a re-fetch into
         # other buffers) stays served from the complete copy.
         early = version not in self._held
-        progress = _Progress(self._client, self.holder_id, self.model, version, serve_chunks=early)
+        progress = _Progress(
+            self._client, self.holder_id, self.model, version, serve_chunks=early, in_flight_known=early
+        )
         registered: list[str] = []
         try:
             if early:
+                changed_set = set(changed)
+                pending: dict[str, list[int]] = {}
+                for chunk in manifest.chunks:
+                    if chunk.index in changed_set:
+                        local = chunk.offset_bytes // manifest.chunk_size_bytes
+                        pending.setdefault(chunk.tensor_name, []).append(local)
                 for tensor in manifest.tensors:
                     meta = metas[tensor.name]
-                    await holder.register(meta.name, destinations[tensor.name], meta=meta)
+                    # Chunks still to read are served once they land (a read of one waits until then).
+                    await holder.register(
+                        meta.name, destinations[tensor.name], meta=meta, pending_chunks=pending.get(tensor.name, ())
+                    )
                     registered.append(meta.name)
-                changed_set = set(changed)
                 progress.add_chunks(c.index for c in manifest.chunks if c.index not in changed_set)
-            await self._read_chunks(manifest, metas, destinations, changed, base or 0, stats, progress)
+            await self._read_chunks(manifest, metas, destinations, changed, base or 0, stats, progress, early)
             await progress.close()
         except BaseException:
             await progress.close()
-            if withdrawn is not None:
-                await withdrawn
+            if recycled is not None:
+                await self._report_withdrawn(recycled)
             await self._report_withdrawn(version)
             for name in registered:
                 with contextlib.suppress(UnknownTensor, TransferError):
@@ -870,10 +903,14 @@ class Reader:
         if not early:
             for tensor in manifest.tensors:
                 await holder.register(metas[tensor.name].name, destinations[tensor.name], meta=metas[tensor.name])
-        try:
-            await self._client.report_held(_held_report(self.holder_id, self.model, version, True, manifest.root_hash))
-        finally:
-            if withdrawn is not None:
+        held = self._client.report_held(_held_report(self.holder_id, self.model, version, True, manifest.root_hash))
+        if recycled is None:
+            await held
+        else:
+            withdrawn = asyncio.create_task(self._report_withdrawn(recycled))
+            try:
+                await held
+            finally:
                 await withdrawn
         self._held[version] = _Held(manifest=manifest, tensors=dict(destinations), owned=into is None)
         while len(self._held) > self._keep_versions:
@@ -964,10 +1001,13 @@ class Reader:
         base_version: int,
         stats: FetchStats,
         progress: _Progress,
+        serve_in_flight: bool,
     ) -> None:
         """Read ``changed`` chunks as the hub plans them, pipelined: while reads run, the next plan
         is asked for (the hub holds it open until a source is free), and each read's chunks are
-        reported as they verify. What a failed source left is planned again from other holders."""
+        reported as they verify. With ``serve_in_flight`` (the destinations are served, each chunk
+        as it lands) the hub may name this reader as a source of chunks it is still reading. What a
+        failed source left is planned again from other holders."""
         assert self._client is not None
         missing = set(changed)
         in_flight: set[int] = set()
@@ -997,6 +1037,7 @@ class Reader:
                                 max_wait_s=wait_s,
                                 allow_partial=True,
                                 max_chunks=self._max_chunks_per_plan,
+                                serve_in_flight=serve_in_flight,
                             ),
                             timeout_s=wait_s + _PLAN_RPC_MARGIN_S,
                         )
@@ -1020,7 +1061,7 @@ class Reader:
                             in_flight |= chunks
                             reads_per_holder[read.holder_id] = reads_per_holder.get(read.holder_id, 0) + 1
                             read_task = asyncio.create_task(
-                                self._read_source(manifest, metas, destinations, read, stats, progress)
+                                self._read_source(manifest, metas, destinations, read, stats, progress, serve_in_flight)
                             )
                             reads[read_task] = (read.holder_id, chunks)
                         continue
@@ -1047,9 +1088,15 @@ class Reader:
         read: pb.SourceRead,
         stats: FetchStats,
         progress: _Progress,
+        serve_in_flight: bool,
     ) -> set[int]:
         """Read one source's chunks, tensor by tensor; returns those verified. On failure report it
-        so the rest are re-planned from other holders."""
+        so the rest are re-planned from other holders.
+
+        Chunks copied over shared memory are not hashed: every holder serves a chunk only under a
+        read lease (it is not overwritten mid-copy) and only once it is in its memory verified (a
+        publisher hashed it from that memory; a reader verified or, the same way, copied it), so
+        a same-host memcpy of it is exact. Chunks that cross a socket are always hashed."""
         assert self._reader is not None and self._client is not None
         loop = asyncio.get_running_loop()
         chunk_size_bytes = manifest.chunk_size_bytes
@@ -1066,8 +1113,13 @@ class Reader:
         failures: list[TransferError] = []
         verified: set[int] = set()
 
-        def on_verified(index: int) -> None:
-            # Called from the transfer's thread: record at once, report from the event loop.
+        holder = self._membership.holder
+
+        def on_verified(name: str, local: int, index: int) -> None:
+            # Called from the transfer's thread: serve it and record it at once, report it from
+            # the event loop.
+            if serve_in_flight:
+                holder.mark_ready(name, (local,))
             verified.add(index)
             loop.call_soon_threadsafe(progress.add_chunks, (index,))
 
@@ -1085,7 +1137,8 @@ class Reader:
                         destinations[name],
                         chunks=[local for local, _ in pairs],
                         carrier=address.carrier,
-                        on_chunk=lambda local: on_verified(to_global[local]),
+                        on_chunk=lambda local: on_verified(meta.name, local, to_global[local]),
+                        verify=False,
                     )
                     stats.bytes_read += result.size_bytes
                     stats.sources[read.holder_id] = stats.sources.get(read.holder_id, 0) + result.size_bytes

@@ -28,6 +28,9 @@ class WeightHubConfig(ServerConfig):
     watch_poll_s: float = 0.5
     """WatchVersions re-reads Redis at least this often (commits made through another hub instance);
     a GetPlan held open while every source is busy re-plans at least this often too."""
+    shm_max_concurrent_reads: int = 8
+    """Readers a holder serves at once over shared memory at least, whatever its own bound: on one
+    host the reader makes the copy, the holder's NIC carries nothing (its bound is about the NIC)."""
     plan_max_wait_s: float = 30.0
     """Longest a GetPlan is held open while every suitable source is busy (the request's own bound
     and deadline apply first)."""
@@ -46,6 +49,12 @@ class WeightHubConfig(ServerConfig):
             "default_max_concurrent_reads",
             self.default_max_concurrent_reads,
             "must be in 1..4096",
+        )
+        check(
+            0 <= self.shm_max_concurrent_reads <= 4096,
+            "shm_max_concurrent_reads",
+            self.shm_max_concurrent_reads,
+            "must be in 0..4096",
         )
         check(1 <= self.keep_last_versions <= 1000, "keep_last_versions", self.keep_last_versions, "must be in 1..1000")
         check(self.read_lease_ttl_s > 0, "read_lease_ttl_s", self.read_lease_ttl_s, "must be > 0")

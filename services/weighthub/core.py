@@ -22,6 +22,10 @@ chunks, read leases, versions, pins): Redis is the durable copy, loaded on first
 and written through on every change, and answering a plan, a progress report or a version watch
 costs no Redis read -- a plan is one write of its read leases.
 
+A reader that serves chunks as they arrive (``serve_in_flight``) is named as the source of the
+chunks it is fetching from a holder that has them, before it reports them (see the planner's rule
+7); which chunks those are is kept in memory only.
+
 A GetPlan that finds every source busy is held open: it waits for a change of the model's holders or
 read leases (progress, held, failures, leaves), re-planning at least every ``watch_poll_s`` for
 what it cannot see (lease expiry), until its wait bound.
@@ -42,7 +46,7 @@ from typing import Any
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from services.common.redis_meta import RedisMeta
 from services.weighthub.config import WeightHubConfig
-from services.weighthub.planner import Locality, Source, Topology, plan_reads
+from services.weighthub.planner import Locality, Source, Topology, locality, plan_reads
 from services.weighthub.versions import Manifest, check_compatible_shards, merge_shards, validate
 
 logger = logging.getLogger(__name__)
@@ -181,6 +185,10 @@ class _VersionState:
     """Owners pinning the version."""
     excluded: dict[str, tuple[set[str], float]] = field(default_factory=dict)
     """Reader id -> holders not to plan for it, and when that ends (monotonic)."""
+    fetching: dict[str, set[int]] = field(default_factory=dict)
+    """Reader id -> chunks planned for it from a holder that has them, not reported yet, for
+    readers that serve chunks as they arrive (``serve_in_flight``): later plans name it as their
+    source. Soft state, in memory only: after a restart plans wait for progress reports instead."""
 
 
 class WeightHub:
@@ -402,6 +410,7 @@ class WeightHub:
         if state is not None:
             state.holders.pop(holder_id, None)
             state.partial.pop(holder_id, None)
+            state.fetching.pop(holder_id, None)
         held = self._held_by.get(holder_id)
         if held is not None:
             held.discard((model, version))
@@ -725,6 +734,19 @@ class WeightHub:
         records = await self._holders(sorted(holders))
         return {h: (records[h], holders[h]) for h in records}
 
+    async def _expected_readers(self, model: str, version: int, reader_id: str) -> int:
+        """Readers likely to fetch ``version`` now: those fetching or holding part of it, and the
+        readers that held the previous version (they fetch each new one). The planner spreads
+        the publishers' chunks over them (the planner's ``num_readers``)."""
+        state = await self._state(model, version)
+        readers = {reader_id, *state.fetching, *state.partial}
+        older = [v for v in await self._versions(model) if v < version]
+        if older:
+            previous = await self._state(model, older[-1])
+            readers.update(h for h, shard in previous.holders.items() if shard in (WHOLE_VERSION, PARTIAL))
+        readers.update(h for h, shard in state.holders.items() if shard == WHOLE_VERSION)
+        return len(await self._holders(sorted(readers))) or 1
+
     async def get_manifest(self, *, model: str, version: int) -> Manifest:
         """The committed manifest of ``version`` (0: latest)."""
         return await self._resolve(model, version)
@@ -743,6 +765,7 @@ class WeightHub:
         max_wait_s: float = 0.0,
         allow_partial: bool = False,
         max_chunks: int = 0,
+        serve_in_flight: bool = False,
     ) -> PlanResult:
         """Plan a reader's fetch (see the GetPlan RPC); held open up to ``max_wait_s`` while every
         suitable source is busy."""
@@ -751,7 +774,16 @@ class WeightHub:
 
         async def compute() -> dict[str, Any]:
             return asdict(
-                await self._plan(reader_id, model, version, held_version, chunk_indices, allow_partial, max_chunks)
+                await self._plan(
+                    reader_id,
+                    model,
+                    version,
+                    held_version,
+                    chunk_indices,
+                    allow_partial,
+                    max_chunks,
+                    serve_in_flight and allow_partial,
+                )
             )
 
         deadline = time.monotonic() + min(max_wait_s, self.config.plan_max_wait_s)
@@ -791,6 +823,7 @@ class WeightHub:
         chunk_indices: Sequence[int],
         allow_partial: bool,
         max_chunks: int,
+        serve_in_flight: bool,
     ) -> PlanResult:
         reader = await self._holder(reader_id)
         if reader is None:
@@ -815,16 +848,21 @@ class WeightHub:
             state = await self._state(model, version)
             excluded = await self._excluded(model, version, reader_id)
             live = await self._live_holders(model, version)
+            fetchers = await self._holders(sorted(h for h, c in state.fetching.items() if c and h not in live))
+            records = {h: record for h, (record, _) in live.items()} | fetchers
             sources = []
-            for holder_id, (record, shard) in live.items():
+            for holder_id, (record, shard) in [*live.items(), *((h, (r, PARTIAL)) for h, r in fetchers.items())]:
                 chunks: range | frozenset[int] | None
+                fetching = frozenset(state.fetching.get(holder_id, ()))
                 if shard == PARTIAL:
                     held_chunks = state.partial.get(holder_id)
-                    if not held_chunks:
+                    if not held_chunks and not fetching:
                         continue
-                    chunks = frozenset(held_chunks)
+                    chunks = frozenset(held_chunks or ())
                 else:
                     chunks = None if shard == WHOLE_VERSION else manifest.shard_chunks(shard)
+                    fetching = frozenset()
+                place = locality(reader.topology, record.topology)
                 sources.append(
                     Source(
                         holder_id=holder_id,
@@ -833,6 +871,8 @@ class WeightHub:
                         active_reads=len(await self._live_leases(holder_id)),
                         max_concurrent_reads=record.max_concurrent_reads,
                         publisher=shard >= 0,
+                        fetching=fetching,
+                        shared_memory=_shared_memory(reader, record, place),
                     )
                 )
             pullers_key = self._k("model", model, "v", version, "pullers")
@@ -854,21 +894,31 @@ class WeightHub:
                 datacenter_puller_busy=puller_busy,
                 defer_busy=allow_partial,
                 max_chunks=max_chunks,
+                num_readers=await self._expected_readers(model, version, reader_id),
+                shm_max_concurrent_reads=self.config.shm_max_concurrent_reads,
             )
+            if serve_in_flight:
+                # Chunks read from a holder that has them (not from one still fetching them: a wait
+                # is then one hop, never a chain or a cycle) are served by this reader as they land.
+                by_id = {source.holder_id: source for source in sources}
+                in_flight = state.fetching.setdefault(reader_id, set())
+                for read in plan.reads:
+                    in_flight.update(c for c in read.chunk_indices if by_id[read.holder_id].has(c))
             expiry = _now_ms() + int(self.config.read_lease_ttl_s * 1000)
             reads = []
             reading = await self._reading_of(reader_id)
             for read in plan.reads:
                 await self._readers_of(read.holder_id)
             async with self._writing(durable=False) as pipe:
+                held_leases = {}
                 for read in plan.reads:
                     lease = _SEP.join([reader_id, model, str(version)])
                     held_lease = _SEP.join([read.holder_id, model, str(version)])
                     pipe.hset(self._k("holder", read.holder_id, "readers"), lease, expiry)
-                    pipe.hset(self._k("holder", reader_id, "reading"), held_lease, expiry)
+                    held_leases[held_lease] = expiry
                     self._readers[read.holder_id][lease] = expiry
                     reading[held_lease] = expiry
-                    carrier, address = _offer(reader, live[read.holder_id][0], read.locality)
+                    carrier, address = _offer(reader, records[read.holder_id], read.locality)
                     reads.append(
                         SourceReadOut(
                             holder_id=read.holder_id,
@@ -878,8 +928,12 @@ class WeightHub:
                             chunk_indices=list(read.chunk_indices),
                         )
                     )
+                if held_leases:
+                    pipe.hset(self._k("holder", reader_id, "reading"), mapping=held_leases)
                 if plan.cross_datacenter and reader.topology.datacenter:
                     pipe.hset(pullers_key, reader.topology.datacenter, f"{reader_id}{_SEP}{expiry}")
+        if serve_in_flight and plan.reads:
+            self._notify(model)  # plans held open may now read these chunks from this reader
         return PlanResult(
             model=model,
             version=version,
@@ -924,15 +978,19 @@ class WeightHub:
                     pipe.sadd(chunks_key, *[str(i) for i in chunk_indices])
                     # Outlives any read; a set left by a reader that died goes on its own.
                     pipe.pexpire(chunks_key, int(self.config.read_lease_ttl_s * 5000))
-                    pipe.hset(holders_key, holder_id, PARTIAL)
-                    pipe.sadd(self._k("holder", holder_id, "held"), json.dumps([model, version]))
+                    if shard is None or (model, version) not in held:
+                        pipe.hset(holders_key, holder_id, PARTIAL)
+                        pipe.sadd(self._k("holder", holder_id, "held"), json.dumps([model, version]))
                     state.holders[holder_id] = PARTIAL
                     state.partial.setdefault(holder_id, set()).update(chunk_indices)
                     held.add((model, version))
-                for source in finished_holder_ids:
-                    lease = _SEP.join([holder_id, model, str(version)])
-                    held_lease = _SEP.join([source, model, str(version)])
-                    pipe.hdel(self._k("holder", holder_id, "reading"), held_lease)
+                if holder_id in state.fetching:
+                    state.fetching[holder_id].difference_update(chunk_indices)
+                lease = _SEP.join([holder_id, model, str(version)])
+                held_leases = [_SEP.join([source, model, str(version)]) for source in finished_holder_ids]
+                if held_leases:
+                    pipe.hdel(self._k("holder", holder_id, "reading"), *held_leases)
+                for source, held_lease in zip(finished_holder_ids, held_leases, strict=True):
                     pipe.hdel(self._k("holder", source, "readers"), lease)
                     reading.pop(held_lease, None)
                     self._readers[source].pop(lease, None)
@@ -954,8 +1012,8 @@ class WeightHub:
             for _, source, _ in mine:
                 await self._readers_of(source)
             async with self._writing(durable=False) as pipe:
+                pipe.hdel(self._k("holder", reader_id, "reading"), *[field_name for field_name, _, _ in mine])
                 for field_name, source, lease in mine:
-                    pipe.hdel(self._k("holder", reader_id, "reading"), field_name)
                     pipe.hdel(self._k("holder", source, "readers"), lease)
                     reading.pop(field_name, None)
                     self._readers[source].pop(lease, None)
@@ -991,6 +1049,7 @@ class WeightHub:
                 state.holders[holder_id] = WHOLE_VERSION
                 state.partial.pop(holder_id, None)
                 held_set.add((model, version))
+                state.fetching.pop(holder_id, None)
             else:
                 async with self._writing(durable=False) as pipe:
                     self._drop_holding(pipe, holder_id, model, version)
@@ -1032,6 +1091,9 @@ class WeightHub:
                 if failure == "hash_mismatch":
                     self._drop_holding(pipe, holder_id, model, version)
             state.excluded[reader_id] = (excluded | {holder_id}, time.monotonic() + ttl_ms / 1000)
+            # What it still fetches from other holders is not told apart: it re-plans, and until
+            # then later readers read those chunks elsewhere.
+            state.fetching.pop(reader_id, None)
         await pipe.durable()
         self._notify(model)
 
@@ -1113,15 +1175,20 @@ class WeightHub:
                 await self._writer
 
 
+def _shared_memory(reader: Holder, holder: Holder, place: Locality) -> bool:
+    """Whether ``reader`` reads ``holder`` over shared memory (what ``_offer`` picks)."""
+    return (
+        place == Locality.SAME_HOST
+        and any(carrier == "shm" for carrier, _ in holder.offers)
+        and bool(reader.transport_host_id)
+        and reader.transport_host_id == holder.transport_host_id
+    )
+
+
 def _offer(reader: Holder, holder: Holder, place: Locality) -> tuple[str, str]:
     """The carrier for one reader-holder pair: shared memory on one host, else the holder's first other offer."""
     offers = dict(reversed(holder.offers))  # first offer of each carrier wins
-    if (
-        place == Locality.SAME_HOST
-        and "shm" in offers
-        and reader.transport_host_id
-        and reader.transport_host_id == holder.transport_host_id
-    ):
+    if _shared_memory(reader, holder, place):
         return "shm", offers["shm"]
     for carrier, address in holder.offers:
         if carrier != "shm":

@@ -16,15 +16,29 @@ model says. Rules, per chunk:
    readers read it from peers, so the trainer's egress is about one copy per datacenter however
    many readers there are;
 6. among equal candidates: a holder this plan already uses, then the least loaded, then a stable
-   per-reader order so that readers spread over holders.
-
-Readers that finish report the version held and become holders, so later plans name them: the
-fan-out grows as a tree instead of a star on the trainer.
+   per-reader order so that readers spread over holders;
+7. a reader that serves chunks as they arrive is a source of the chunks it is *fetching* from a
+   holder that has them (``Source.fetching``): a later reader reads such a chunk from it and the read
+   waits at that holder until the chunk is there. Followers thus start at once, without waiting for
+   progress reports and a new plan, and a chunk in flight from a publisher is not read from the
+   publisher a second time (rule 5 spares publishers for it too). A holder that has the chunk is
+   preferred to one still fetching it, whatever their tiers within the datacenter (no wait beats
+   a nearer wait). Only chunks fetched from a holder that *has* them count, so a chain of waits is
+   one hop deep and never a cycle;
+8. a holder read over shared memory (``Source.shared_memory``: same host) costs it no copy and no
+   NIC -- the reader copies -- so its bound is at least ``shm_max_concurrent_reads``;
+9. with ``num_readers`` readers expected to fetch the version, one plan reads at most its share of
+   the chunks (chunks wanted / readers) from publishers -- as long as the publishers have read
+   slots for that many readers at once: readers then start on different slices (rarest first counts
+   chunks in flight too), each slice crosses from the publishers once, and the readers trade the
+   slices among themselves. Where the publishers serve fewer readers at once (one trainer NIC with
+   one slot), the share is wanted / their slots, so one reader streams from it without gaps.
 """
 
 from __future__ import annotations
 
 import enum
+import math
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -78,10 +92,20 @@ class Source:
     """Its bound on concurrent readers."""
     publisher: bool = False
     """It published the version (a trainer rank) rather than read it."""
+    fetching: frozenset[int] = frozenset()
+    """Chunks it does not hold yet but is reading from a holder that has them, serving each as it
+    arrives (a read of one waits at this holder until it is there)."""
+    shared_memory: bool = False
+    """The reader would read it over shared memory (same host): the reader copies, the holder's NIC
+    carries nothing."""
 
     def has(self, chunk: int) -> bool:
         """Whether it holds ``chunk``."""
         return self.chunks is None or chunk in self.chunks
+
+    def serves(self, chunk: int) -> bool:
+        """Whether it holds ``chunk`` or will as soon as its read of it lands."""
+        return self.has(chunk) or chunk in self.fetching
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -119,6 +143,8 @@ def plan_reads(
     spare_publishers: bool = True,
     defer_busy: bool = False,
     max_chunks: int = 0,
+    num_readers: int = 0,
+    shm_max_concurrent_reads: int = 0,
 ) -> Plan:
     """Plan the reads of ``chunks`` for ``reader_id`` at ``reader``.
 
@@ -132,6 +158,10 @@ def plan_reads(
     trade them among themselves, so the fan-out is pipelined chunk by chunk instead of one reader
     taking every source for the whole version. Chunks left out are in ``Plan.deferred``.
 
+    ``num_readers`` (> 1, with ``defer_busy``) spreads the publishers' chunks over that many
+    readers (rule 9); ``shm_max_concurrent_reads`` widens the bound of shared-memory sources
+    (rule 8). Sources' ``fetching`` chunks make them sources of those chunks (rule 7).
+
     Raises:
         FailedPrecondition: some chunk has no live, non-excluded holder at all.
         ResourceExhausted: every suitable holder of some chunk is at its bound, or the chunk is only
@@ -140,7 +170,6 @@ def plan_reads(
     excluded_ids = set(excluded)
     candidates = [s for s in sources if s.holder_id != reader_id and s.holder_id not in excluded_ids]
     places = {s.holder_id: locality(reader, s.topology) for s in candidates}
-    free = {s.holder_id: s.max_concurrent_reads - s.active_reads for s in candidates}
     load = {s.holder_id: s.active_reads / max(1, s.max_concurrent_reads) for s in candidates}
     spread = {s.holder_id: zlib.crc32(f"{reader_id}/{s.holder_id}".encode()) for s in candidates}
     chosen: dict[str, list[int]] = {}
@@ -148,24 +177,35 @@ def plan_reads(
     busy: list[int] = []
     waiting_for_puller: list[int] = []
     order = list(chunks)
+    # Who serves each wanted chunk, found once per source rather than once per chunk and source.
+    wanted = set(order)
+    serving: dict[int, list[Source]] = {c: [] for c in order}
+    for s in candidates:
+        served = wanted if s.chunks is None else wanted.intersection(s.chunks) | wanted.intersection(s.fetching)
+        for c in served:
+            serving[c].append(s)
     window = max_chunks if defer_busy and max_chunks > 0 else 0
     if window and len(order) > window:
         rotation = zlib.crc32(reader_id.encode())
-        wanted = set(order)
-        rarity = dict.fromkeys(order, sum(1 for s in candidates if s.chunks is None))
-        for s in candidates:
-            if s.chunks is not None:
-                for c in wanted.intersection(s.chunks):
-                    rarity[c] += 1
-        order.sort(key=lambda c: (rarity[c], (c + rotation) % max(1, len(order) + 1), c))
+        order.sort(key=lambda c: (len(serving[c]), (c + rotation) % max(1, len(order) + 1), c))
+    bounds = {
+        s.holder_id: max(s.max_concurrent_reads, shm_max_concurrent_reads if s.shared_memory else 0) for s in candidates
+    }
+    free = {s.holder_id: bounds[s.holder_id] - s.active_reads for s in candidates}
+    publisher_cap = 0
+    if defer_busy and num_readers > 1:
+        in_parallel = min(num_readers, sum(bounds[s.holder_id] for s in candidates if s.publisher))
+        if in_parallel > 1:
+            publisher_cap = math.ceil(len(chunks) / in_parallel)
     planned = 0
+    from_publishers = 0
     beyond_window: list[int] = []
     for chunk in order:
         if window and planned >= window:
             beyond_window.append(chunk)
             continue
-        holders = [s for s in candidates if s.has(chunk)]
-        if not holders:
+        holders = serving[chunk]
+        if not any(s.has(chunk) for s in holders):
             unsourced.append(chunk)
             continue
         in_dc = [s for s in holders if places[s.holder_id] != Locality.CROSS_DATACENTER]
@@ -175,14 +215,27 @@ def plan_reads(
         pool = in_dc or holders
         if spare_publishers and any(not s.publisher for s in pool):
             pool = [s for s in pool if not s.publisher]
+        if publisher_cap and from_publishers >= publisher_cap:
+            pool = [s for s in pool if not s.publisher]
+            if not pool:
+                beyond_window.append(chunk)
+                continue
         usable = [s for s in pool if s.holder_id in chosen or free[s.holder_id] > 0]
         if not usable:
             busy.append(chunk)
             continue
         best = min(
             usable,
-            key=lambda s: (places[s.holder_id], s.holder_id not in chosen, load[s.holder_id], spread[s.holder_id]),
+            key=lambda s: (
+                not s.has(chunk),
+                places[s.holder_id],
+                s.holder_id not in chosen,
+                load[s.holder_id],
+                spread[s.holder_id],
+            ),
         )
+        if best.publisher:
+            from_publishers += 1
         if best.holder_id not in chosen:
             chosen[best.holder_id] = []
             free[best.holder_id] -= 1

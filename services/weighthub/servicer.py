@@ -161,6 +161,7 @@ class WeightHubServicer(weighthub_pb2_grpc.WeightHubServicer):
             max_wait_s=max_wait_s,
             allow_partial=request.allow_partial,
             max_chunks=request.max_chunks,
+            serve_in_flight=request.serve_in_flight,
         )
         return pb.GetPlanResponse(
             model=plan.model,

@@ -19,7 +19,11 @@ The model:
   whole version. A reader whose chunks are all busy waits until a holder frees a read slot or
   reports new chunks (the hub holds its request open) -- it never polls. Each holder takes at most
   ``max_concurrent_reads`` readers at once; a reader reads up to ``reads_per_source`` chunks from one
-  source at a time, chunk by chunk, so chunks arrive (and are served on) in order.
+  source at a time, chunk by chunk, so chunks arrive (and are served on) in order. With
+  ``serve_in_flight`` (what the Reader does) the hub names a reader as the source of the chunks it is
+  fetching from a holder that has them, and a read of such a chunk waits at that reader until it
+  lands; with ``spread_publisher_chunks`` one plan takes only its share of the publishers' chunks
+  (the planner's rules 7-9). ``client_options`` is the client as built.
 - **Baselines.** ``naive``: every reader pulls the whole model from one trainer node at once.
   ``ring broadcast``: NCCL-style pipelined ring broadcast from the trainer's rank 0 over a static
   group, in closed form (its time is ``(S + (n - 1) c) / B`` for ``S`` bytes per rank, ``n`` ranks,
@@ -240,12 +244,15 @@ class Network:
             out["cpu"] = self.cpu_cores
         return out
 
-    def path(self, src: Node, dst: Node) -> tuple[dict[str, float], float]:
-        """Resources a read of ``dst`` from ``src`` uses, and its per-stream cap."""
+    def path(self, src: Node, dst: Node, *, hash_shm: bool = True) -> tuple[dict[str, float], float]:
+        """Resources a read of ``dst`` from ``src`` uses, and its per-stream cap (``hash_shm``
+        False: a same-host read copies without hashing, where the host models that)."""
         same_host = bool(src.topology.host) and src.topology.host == dst.topology.host
         cap = self.flow_cap_bytes_per_s
         if self.cpu_cores:
             carrier = "shm" if same_host else "tcp"
+            if same_host and not hash_shm and "shm_copy" in self.cpu_s_per_byte:
+                carrier = "shm_copy"
             uses = {"cpu": self.cpu_s_per_byte[carrier]}
             cap = min(cap, self.cpu_cap_bytes_per_s[carrier])
             if not same_host:
@@ -299,6 +306,27 @@ class HubOptions:
     """Fixed cost of one chunk read (request round trip) on top of its bytes."""
     publish_s: float = 0.0
     """Time from the start of publishing to the version being committed (copy into buffers, hash)."""
+    serve_in_flight: bool = False
+    """With partial holders: a reader serves each chunk the moment it lands, and the hub names it
+    as the source of the chunks it is fetching from a holder that has them before it reports them
+    (the read waits at it until the chunk is there); see the planner's rule 7."""
+    spread_publisher_chunks: bool = False
+    """With partial holders: one plan reads at most its share (chunks wanted / readers) from the
+    publishers, so readers start on different slices (the planner's rule 9; the hub counts the
+    readers of the previous version, here every reader)."""
+    shm_max_concurrent_reads: int = 0
+    """Read slots a holder has at least for readers on its host (shared memory; rule 8)."""
+    pipelined_plans: bool = False
+    """The reader asks for its next plan as soon as one is answered while chunks remain unplanned,
+    and the hub holds it open until a source frees up (``clients/weighthub.py``); False: it asks
+    again only when a source's reads end."""
+    fetch_cpu_s: float = 0.0
+    """On one host: CPU seconds a reader spends per fetch besides moving bytes (its buffers'
+    registration, plans and reports, per-read bookkeeping), measured; taken on the host's cores,
+    one thread, when the reader hears of the version (0: not modelled)."""
+    hash_shm_reads: bool = True
+    """False: a same-host read copies without hashing (the Reader trusts a leased, verified
+    shared-memory source)."""
     hub_queue: bool = False
     """Model the hub's control plane as the one thread it is: every RPC (the version's announcement
     to each reader, each plan's answer, each progress report that makes chunks servable, each
@@ -353,18 +381,29 @@ def simulate_hub(
     reporting: dict[str, bool] = {}
     unreported: dict[str, set[int]] = {}
 
-    def report_progress(reader_id: str) -> None:
+    pending_finish: dict[str, int] = {}
+
+    def report_progress(reader_id: str, *, finished_source: bool = False) -> None:
         """Chunks a reader verified become servable once its ReportProgress is answered; one
-        report at a time, what verifies meanwhile goes in the next (as clients/weighthub.py does)."""
-        if reporting.get(reader_id) or not unreported.get(reader_id):
+        report at a time, what verifies meanwhile goes in the next (as clients/weighthub.py does).
+        With ``serve_in_flight`` chunks alone make no report: they ride with a finished source's."""
+        if finished_source:
+            pending_finish[reader_id] = pending_finish.get(reader_id, 0) + 1
+        if reporting.get(reader_id):
             return
-        batch, unreported[reader_id] = unreported[reader_id], set()
+        if options.serve_in_flight and not pending_finish.get(reader_id):
+            return
+        if not unreported.get(reader_id) and not pending_finish.get(reader_id):
+            return
+        pending_finish[reader_id] = 0
+        batch, unreported[reader_id] = unreported.get(reader_id, set()), set()
         reporting[reader_id] = True
 
         def answered() -> None:
             reporting[reader_id] = False
             holder = holders[reader_id]
             holder.chunks |= batch
+            fetching[reader_id] -= batch
             if holder.active_reads < holder.max_concurrent_reads:
                 wake_waiters()
             report_progress(reader_id)
@@ -389,6 +428,9 @@ def simulate_hub(
     missing: dict[str, set[int]] = {r: set(range(num_chunks)) for r in readers}
     in_flight: dict[str, set[int]] = {r: set() for r in readers}
     have: dict[str, set[int]] = {r: set() for r in readers}
+    fetching: dict[str, set[int]] = {r: set() for r in readers}
+    """Chunks the hub may name a reader as the source of before it has them (serve_in_flight)."""
+    arrival_waiters: dict[tuple[str, int], list[Callable[[], object]]] = {}
     waiting: list[str] = []
     wake_scheduled = [False]
 
@@ -397,19 +439,23 @@ def simulate_hub(
         for holder_id, h in holders.items():
             if holder_id == reader_id:
                 continue
-            if not (h.publisher or len(h.chunks) == num_chunks or (options.partial_holders and h.chunks)):
+            future = fetching.get(holder_id, set())
+            if not (h.publisher or len(h.chunks) == num_chunks or (options.partial_holders and (h.chunks or future))):
                 continue
             if h.frozen is None or len(h.frozen) != len(h.chunks):
                 h.frozen = frozenset(h.chunks)
             chunks: frozenset[int] | None = None if len(h.chunks) == num_chunks else h.frozen
+            place = h.node.topology
             out.append(
                 Source(
                     holder_id=holder_id,
-                    topology=h.node.topology,
+                    topology=place,
                     chunks=chunks,
                     active_reads=h.active_reads,
                     max_concurrent_reads=h.max_concurrent_reads,
                     publisher=h.publisher,
+                    fetching=frozenset(future - h.chunks) if chunks is not None else frozenset(),
+                    shared_memory=bool(place.host) and place.host == by_id[reader_id].topology.host,
                 )
             )
         return out
@@ -441,50 +487,77 @@ def simulate_hub(
         if not wanted:
             return True
         run.num_plans += 1
+        offered = sources(reader_id)
         try:
             result = plan_reads(
                 reader_id=reader_id,
                 reader=by_id[reader_id].topology,
                 chunks=wanted,
                 chunk_sizes=chunk_sizes,
-                sources=sources(reader_id),
+                sources=offered,
                 defer_busy=options.partial_holders,
                 max_chunks=options.max_chunks_per_plan if options.partial_holders else 0,
+                num_readers=len(readers) if options.spread_publisher_chunks else 0,
+                shm_max_concurrent_reads=options.shm_max_concurrent_reads,
             )
         except ResourceExhausted:
-            if in_flight[reader_id]:
+            if in_flight[reader_id] and not options.pipelined_plans:
                 return False
             if options.poll_s > 0:
                 sim.at(options.poll_s + options.control_s, lambda: plan(reader_id))
             elif reader_id not in waiting:
                 waiting.append(reader_id)
             return False
+        by_source = {source.holder_id: source for source in offered}
         for read in result.reads:
             holder = holders[read.holder_id]
             holder.active_reads += 1
             in_flight[reader_id].update(read.chunk_indices)
+            if options.serve_in_flight and options.partial_holders:
+                fetching[reader_id].update(c for c in read.chunk_indices if by_source[read.holder_id].has(c))
+        if options.serve_in_flight and options.partial_holders and reader_id not in holders:
+            holders[reader_id] = _SimHolder(
+                node=by_id[reader_id],
+                chunks=set(),
+                publisher=False,
+                max_concurrent_reads=options.reader_max_concurrent_reads,
+            )
+        if options.serve_in_flight and result.reads:
+            wake_waiters()  # plans held open may read the chunks this reader now fetches
         if options.hub_queue:
             # The reads start when the plan's answer is back.
             def start_reads(reads: Sequence[Any] = result.reads) -> None:
                 for read in reads:
                     _read_source(reader_id, read.holder_id, list(read.chunk_indices))
+                if options.pipelined_plans:
+                    ask_again(reader_id)
 
             rpc(start_reads)
         else:
             for read in result.reads:
                 _read_source(reader_id, read.holder_id, list(read.chunk_indices))
+            if options.pipelined_plans:
+                sim.at(options.control_s, lambda: ask_again(reader_id))
         return True
+
+    def ask_again(reader_id: str) -> None:
+        """The client's next plan request, sent as soon as the last one was answered."""
+        if reader_id not in waiting and missing[reader_id] - in_flight[reader_id]:
+            plan(reader_id)
 
     def _read_source(reader_id: str, holder_id: str, chunks: list[int]) -> None:
         queue = list(chunks)
         running = [0]
         src, dst = by_id[holder_id], by_id[reader_id]
-        uses, cap = network.path(src, dst)
+        uses, cap = network.path(src, dst, hash_shm=options.hash_shm_reads)
+        source_is_reader = holder_id in have
 
         def next_chunk() -> None:
             if not queue:
                 if running[0] == 0:
                     holders[holder_id].active_reads -= 1
+                    if options.hub_queue and options.serve_in_flight and missing[reader_id]:
+                        report_progress(reader_id, finished_source=True)
                     # The freed slot goes to readers already waiting first; this one queues behind them.
                     if missing[reader_id] - in_flight[reader_id] and reader_id not in waiting:
                         waiting.append(reader_id)
@@ -499,7 +572,16 @@ def simulate_hub(
                 got_chunk(reader_id, chunk)
                 next_chunk()
 
-            sim.at(options.chunk_latency_s, lambda: sim.start(chunk_sizes[chunk], uses, arrived, cap_bytes_per_s=cap))
+            def start() -> None:
+                sim.at(
+                    options.chunk_latency_s, lambda: sim.start(chunk_sizes[chunk], uses, arrived, cap_bytes_per_s=cap)
+                )
+
+            if source_is_reader and chunk not in have[holder_id]:
+                # Named before it arrived there (serve_in_flight): the read waits at the source.
+                arrival_waiters.setdefault((holder_id, chunk), []).append(start)
+            else:
+                start()
 
         for _ in range(max(1, min(options.reads_per_source, len(queue)))):
             next_chunk()
@@ -508,6 +590,8 @@ def simulate_hub(
         missing[reader_id].discard(chunk)
         in_flight[reader_id].discard(chunk)
         have[reader_id].add(chunk)
+        for waiter in arrival_waiters.pop((reader_id, chunk), ()):
+            waiter()
         holder = holders.get(reader_id)
         if holder is None:
             holder = holders[reader_id] = _SimHolder(
@@ -522,6 +606,7 @@ def simulate_hub(
                 def held() -> None:  # ReportHeld answered: the fetch returns, every chunk is served
                     run.done_at_s[reader_id] = sim.now_s
                     holder.chunks = set(range(num_chunks))
+                    fetching[reader_id] = set()
                     wake_waiters()
 
                 unreported[reader_id] = set()
@@ -531,6 +616,7 @@ def simulate_hub(
                 report_progress(reader_id)
             return
         holder.chunks.add(chunk)
+        fetching[reader_id].discard(chunk)
         if not missing[reader_id]:
             run.done_at_s[reader_id] = sim.now_s
             sim.at(options.control_s, wake_waiters)  # ReportHeld
@@ -538,12 +624,19 @@ def simulate_hub(
             wake_waiters()
 
     starts = reader_start_s or {}
+
+    def begin_fetch(reader_id: str) -> None:
+        if options.fetch_cpu_s > 0 and "cpu" in capacities:
+            sim.start(options.fetch_cpu_s, {"cpu": 1.0}, lambda: plan(reader_id), cap_bytes_per_s=1.0)
+        else:
+            plan(reader_id)
+
     for reader_id in readers:
         if options.hub_queue:
             # The commit's announcement reaches each reader through the hub's thread.
             sim.at(
                 options.publish_s + starts.get(reader_id, 0.0),
-                functools.partial(rpc, functools.partial(plan, reader_id)),
+                functools.partial(rpc, functools.partial(begin_fetch, reader_id)),
             )
         else:
             sim.at(
@@ -708,10 +801,20 @@ def _ring_baseline_s(spec: ClusterSpec, num_rollout_nodes: int) -> float:
     )
 
 
+def client_options(spec: ClusterSpec) -> HubOptions:
+    """The hub and its readers as built (``clients/weighthub.py``'s Reader, the hub's planner): readers
+    serve chunks in flight, the hub spreads the publishers' chunks over the readers, a reader asks for
+    its next plan as soon as one is answered; planning windows of 4 chunks, the hub's default of 4
+    read slots per reader and 1 per trainer holder (the trainer's NIC is shared by its ranks)."""
+    return HubOptions(
+        control_s=spec.control_s, serve_in_flight=True, spread_publisher_chunks=True, pipelined_plans=True
+    )
+
+
 def standalone_workload(spec: ClusterSpec, options: HubOptions | None = None) -> dict[str, Any]:
     """Standalone rollouts: after each step every rollout instance waits (on-policy) until it holds
     the new version. Stall = rollout GPU-seconds spent waiting. Baseline: static NCCL broadcast."""
-    options = options or HubOptions(control_s=spec.control_s)
+    options = options or client_options(spec)
     network = _cluster_network(spec, [("trainer", spec.trainer_nodes, "dc0"), ("rollout", spec.rollout_nodes, "dc0")])
     readers = [f"rollout{i}" for i in range(spec.rollout_nodes)]
     sizes = [spec.size_bytes / spec.num_chunks] * spec.num_chunks
@@ -738,7 +841,7 @@ def elastic_workload(spec: ClusterSpec, options: HubOptions | None = None) -> di
     """Elastic scale-out: ``rollout_nodes`` new instances join while as many hold the version.
     Figure: time until every new instance holds it. Baseline: the static group re-broadcasts from
     trainer rank 0 to old and new ranks (communicator re-creation not counted, in its favour)."""
-    options = options or HubOptions(control_s=spec.control_s)
+    options = options or client_options(spec)
     network = _cluster_network(
         spec,
         [
@@ -774,7 +877,7 @@ def crossdc_workload(spec: ClusterSpec, options: HubOptions | None = None) -> di
     """Cross-datacenter rollouts: the trainer in dc0, every rollout instance in dc1. Stall = rollout
     GPU-seconds waiting. Baseline: every instance pulls from the trainer over the wide-area link (a
     static NCCL group does not span datacenters)."""
-    options = options or HubOptions(control_s=spec.control_s)
+    options = options or client_options(spec)
     network = _cluster_network(spec, [("trainer", spec.trainer_nodes, "dc0"), ("rollout", spec.rollout_nodes, "dc1")])
     readers = [f"rollout{i}" for i in range(spec.rollout_nodes)]
     sizes = [spec.size_bytes / spec.num_chunks] * spec.num_chunks
@@ -878,10 +981,17 @@ class MachineSpec:
         # CPU per byte scales by how far it falls short of the primitives' prediction.
         cpu_s_per_byte = {"tcp": 2 / sock + 1 / hashing, "shm": 1 / copy + 1 / hashing}
         cap = {"tcp": 1 / (1 / sock + 1 / hashing), "shm": 1 / (1 / copy + 1 / hashing)}
+        # A shared-memory copy without the hash (a Reader's trusted same-host read): the copy,
+        # with the transport's own overhead as measured for the hashed read.
+        cpu_s_per_byte["shm_copy"], cap["shm_copy"] = 1 / copy, copy
         for carrier, measured in (("tcp", self.tcp_read_bytes_per_s), ("shm", self.shm_read_bytes_per_s)):
             if measured > 0:
-                cpu_s_per_byte[carrier] *= cap[carrier] / measured
+                factor = cap[carrier] / measured
+                cpu_s_per_byte[carrier] *= factor
                 cap[carrier] = measured
+                if carrier == "shm":
+                    cpu_s_per_byte["shm_copy"] *= factor
+                    cap["shm_copy"] /= factor
         return Network(
             nodes=tuple(Node(node_id=p, topology=Topology(host=hosts[p]), nic_bytes_per_s=sock) for p in process_ids),
             cpu_cores=self.cpu_cores,

@@ -13,8 +13,9 @@ import contextlib
 import logging
 import math
 import socket
+import threading
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Protocol
 
 import torch
@@ -99,6 +100,7 @@ class TensorHolder:
         max_concurrent_reads: int = 64,
         idle_timeout_s: float = 300.0,
         stall_timeout_s: float = 60.0,
+        pending_wait_s: float = 10.0,
     ) -> None:
         """
         Args:
@@ -114,6 +116,8 @@ class TensorHolder:
             max_concurrent_reads: reads served at once; more are refused with ``HolderBusy``.
             idle_timeout_s: an idle reader connection is closed after this long.
             stall_timeout_s: a reader that takes nothing for this long is cut off (its lease ends).
+            pending_wait_s: a tcp or shm read of chunks registered as pending (see :meth:`register`)
+                waits this long for them to arrive before it is refused with ``HolderBusy``.
         """
         self.holder_id = holder_id or uuid.uuid4().hex[:16]
         self.capabilities = probe_host(host_id=host_id)
@@ -140,6 +144,7 @@ class TensorHolder:
         self._hash_algo = hash_algo
         self._idle_timeout_s = idle_timeout_s
         self._stall_timeout_s = stall_timeout_s
+        self._pending_wait_s = pending_wait_s
         self._leases = LeaseTable(max_concurrent_reads=max_concurrent_reads)
         self._servers: list[_Server] = []
         self._addresses: list[CarrierAddress] = []
@@ -178,6 +183,7 @@ class TensorHolder:
                     host_id=host_id,
                     idle_timeout_s=self._idle_timeout_s,
                     stall_timeout_s=self._stall_timeout_s,
+                    pending_wait_s=self._pending_wait_s,
                 )
             elif name == "shm":
                 from services.common.transport.shm import ShmServer
@@ -189,6 +195,7 @@ class TensorHolder:
                     label=self.holder_id,
                     idle_timeout_s=self._idle_timeout_s,
                     stall_timeout_s=self._stall_timeout_s,
+                    pending_wait_s=self._pending_wait_s,
                 )
             elif name == "ucx":
                 from services.common.transport.ucx import UcxServer
@@ -264,14 +271,21 @@ class TensorHolder:
         *,
         meta: TensorMeta | None = None,
         chunk_size_bytes: int | None = None,
+        pending_chunks: Iterable[int] = (),
     ) -> TensorRef:
         """Serve ``tensor`` (contiguous, CPU or CUDA) under ``name``; returns its reference.
 
         The holder serves the tensor's own memory: do not modify it except through
         :meth:`writing` / :meth:`update`. Pass ``meta`` when the content is already known to match it
-        (e.g. right after a verified read): the tensor is then not hashed again.
+        (e.g. right after a verified read): the tensor is then not hashed again. With ``meta``,
+        ``pending_chunks`` are chunks still being written into the tensor (by a read into it): they
+        are served only once :meth:`mark_ready` says they arrived; tcp and shm reads of them wait
+        for that (``pending_wait_s``), other carriers refuse them.
         """
         flat = as_bytes(tensor)
+        pending = {int(c) for c in pending_chunks}
+        if pending and (meta is None or not all(0 <= c < meta.num_chunks for c in pending)):
+            raise ValueError(f"pending chunks of {name!r} need its meta and must be chunk indices of it")
         if meta is None:
             meta = await asyncio.to_thread(
                 compute_meta,
@@ -285,7 +299,9 @@ class TensorHolder:
                 f"metadata ({meta.name!r}, {meta.dtype}, {list(meta.shape)}) does not describe tensor "
                 f"{name!r} ({dtype_name(tensor.dtype)}, {list(tensor.shape)})"
             )
-        entry = Entry(meta=meta, tensor=tensor, flat=flat)
+        entry = Entry(
+            meta=meta, tensor=tensor, flat=flat, pending={c: threading.Event() for c in pending} if pending else None
+        )
         for segment in self._segments:
             offset = segment.offset_of(flat)
             if offset is not None:
@@ -304,6 +320,11 @@ class TensorHolder:
     def _ref(self, entry: Entry) -> TensorRef:
         carriers = [a for a in self._addresses if a.carrier != "shm" or entry.segment is not None]
         return TensorRef(meta=entry.meta, carriers=tuple(carriers), holder_id=self.holder_id)
+
+    def mark_ready(self, name: str, chunks: Iterable[int]) -> None:
+        """Chunks of ``name`` registered as pending that have now arrived (verified): serve them.
+        Thread-safe and quick (a read's ``on_chunk`` callback may call it)."""
+        self._leases.mark_ready(name, chunks)
 
     def ref(self, name: str) -> TensorRef:
         """The current reference of ``name``; ``UnknownTensor`` if not registered."""

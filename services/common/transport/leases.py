@@ -7,6 +7,11 @@ reads at once with :class:`HolderBusy` (so a stream of readers cannot starve the
 turned-away readers re-plan to another holder), then waits, with a timeout, for the open leases to
 drain.
 
+A tensor may be registered before all of its chunks are in it (a reader that serves what it fetched
+while it still fetches the rest): its *pending* chunks are not served until :meth:`LeaseTable.mark_ready`
+says they arrived (verified). A read of a pending chunk waits for it, up to a bound the carrier
+server passes (0: refused at once with :class:`HolderBusy`).
+
 Carrier servers run in threads (and the UCX one on its own event loop), so the table is guarded by
 one ``threading.Condition``; every wait on it has a timeout.
 """
@@ -15,7 +20,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -42,6 +47,10 @@ class Entry:
     readers: int = 0
     writing: bool = False
     removed: bool = False
+    pending: dict[int, threading.Event] | None = None
+    """Chunks not in the tensor yet (not served until marked ready), each with the event a read
+    waiting for it waits on (one event per chunk: marking a chunk ready wakes only its readers);
+    None: every chunk is."""
 
 
 class ReadLease:
@@ -146,31 +155,79 @@ class LeaseTable:
             entry = self._entries.get(name)
             return entry.readers if entry else 0
 
-    def open_read(self, name: str, *, root_hash: str | None, ranges: Sequence[ByteRange]) -> ReadLease:
-        """Take a read lease, or raise the typed reason why not (never waits)."""
+    def mark_ready(self, name: str, chunks: Iterable[int]) -> None:
+        """Chunks of ``name`` that arrived (and verified): serve them, waking reads waiting for them."""
         with self._cond:
             entry = self._entries.get(name)
-            if entry is None:
-                raise UnknownTensor(f"no tensor named {name!r} at this holder", name=name)
-            if entry.writing:
-                raise HolderBusy(f"tensor {name!r} is being overwritten at this holder; read it elsewhere", name=name)
-            size = entry.meta.size_bytes
-            for r in ranges:
-                if r.end > size:
-                    raise ByteRangeError(
-                        f"byte range [{r.offset}, {r.end}) is outside tensor {name!r} of {size} bytes", name=name
+            if entry is None or entry.pending is None:
+                return
+            for chunk in chunks:
+                event = entry.pending.pop(chunk, None)
+                if event is not None:
+                    event.set()
+
+    def open_read(
+        self, name: str, *, root_hash: str | None, ranges: Sequence[ByteRange], wait_s: float = 0.0
+    ) -> ReadLease:
+        """Take a read lease, or raise the typed reason why not. Waits only for pending chunks of the
+        ranges to arrive, up to ``wait_s`` (then :class:`HolderBusy`)."""
+        deadline = time.monotonic() + wait_s
+        with self._cond:
+            while True:
+                entry = self._entries.get(name)
+                if entry is None:
+                    raise UnknownTensor(f"no tensor named {name!r} at this holder", name=name)
+                if entry.writing:
+                    raise HolderBusy(
+                        f"tensor {name!r} is being overwritten at this holder; read it elsewhere", name=name
                     )
-            if root_hash and root_hash != entry.meta.root_hash:
-                raise StaleTensor(
-                    f"tensor {name!r} at this holder has content {entry.meta.root_hash}, not the requested "
-                    f"{root_hash} (updated since the reference was made)",
-                    name=name,
-                )
+                size = entry.meta.size_bytes
+                for r in ranges:
+                    if r.end > size:
+                        raise ByteRangeError(
+                            f"byte range [{r.offset}, {r.end}) is outside tensor {name!r} of {size} bytes", name=name
+                        )
+                if root_hash and root_hash != entry.meta.root_hash:
+                    raise StaleTensor(
+                        f"tensor {name!r} at this holder has content {entry.meta.root_hash}, not the requested "
+                        f"{root_hash} (updated since the reference was made)",
+                        name=name,
+                    )
+                waiting = self._pending_in(entry, ranges)
+                if not waiting:
+                    break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise HolderBusy(
+                        f"chunks {sorted(waiting)[:8]} of {name!r} have not arrived at this holder yet; read them "
+                        "elsewhere",
+                        name=name,
+                    )
+                # Wait outside the table's lock, on the first missing chunk's own event (a writer
+                # or an unregister sets them all, so the checks above run again at once).
+                event = waiting[min(waiting)]
+                self._cond.release()
+                try:
+                    event.wait(remaining)
+                finally:
+                    self._cond.acquire()
             if self._active_reads >= self._max_reads:
                 raise HolderBusy(f"holder serves {self._active_reads} reads already (its limit)", name=name)
             entry.readers += 1
             self._active_reads += 1
             return ReadLease(self, entry)
+
+    @staticmethod
+    def _pending_in(entry: Entry, ranges: Sequence[ByteRange]) -> dict[int, threading.Event]:
+        if not entry.pending:
+            return {}
+        waiting: dict[int, threading.Event] = {}
+        for r in ranges:
+            for chunk in entry.meta.chunks_covering(r):
+                event = entry.pending.get(chunk)
+                if event is not None:
+                    waiting[chunk] = event
+        return waiting
 
     def release_read(self, entry: Entry) -> None:
         """Drop one read lease and wake a waiting writer."""
@@ -200,6 +257,10 @@ class LeaseTable:
             if entry.removed:
                 raise UnknownTensor(f"tensor {name!r} was unregistered", name=name)
             entry.writing = True
+            if entry.pending:
+                for event in entry.pending.values():
+                    event.set()  # reads waiting for pending chunks look again, and give up
+                entry.pending = {chunk: threading.Event() for chunk in entry.pending}
             while entry.readers > 0:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -218,6 +279,7 @@ class LeaseTable:
         with self._cond:
             if meta is not None:
                 entry.meta = meta
+                entry.pending = None  # written whole and hashed again: every chunk is what meta says
             if remove:
                 entry.removed = True
                 self._entries.pop(entry.meta.name, None)

@@ -138,6 +138,7 @@ class TensorReader:
         carrier: str | None = None,
         timeout_s: float | None = None,
         on_chunk: Callable[[int], None] | None = None,
+        verify: bool = True,
     ) -> ReadResult:
         """Read ``ref``'s tensor (or just ``chunks`` of it) into ``dst`` and verify every chunk.
 
@@ -151,6 +152,12 @@ class TensorReader:
             timeout_s: deadline for the whole read (default: the reader's).
             on_chunk: called with each chunk index once it verified, from the transfer's thread;
                 must be quick and thread-safe.
+            verify: False skips the hash of chunks copied over shared memory, for a holder whose
+                bytes are known good: it serves them under a read lease (nothing overwrites them
+                mid-copy) and they were hashed when published or verified when they arrived there.
+                A hash guards against torn or corrupted bytes; a same-host memcpy from a leased,
+                verified buffer gives neither. Chunks over any other carrier (bytes crossing a
+                socket or a NIC) are always hashed.
 
         Raises:
             ValueError: ``dst`` of the wrong size or dtype (naming both sizes), bad chunk indices.
@@ -177,7 +184,7 @@ class TensorReader:
             callbacks.append(assembly.mark_verified)
         if on_chunk is not None:
             callbacks.append(on_chunk)
-        sink = ChunkSink(meta, flat, wanted, on_verified=callbacks)
+        sink = ChunkSink(meta, flat, wanted, on_verified=callbacks, verify=verify or choice.carrier != "shm")
         started = time.monotonic()
         detail = ""
         attributes: dict[str, str | int] = {

@@ -76,6 +76,7 @@ class ShmServer:
         label: str,
         idle_timeout_s: float,
         stall_timeout_s: float,
+        pending_wait_s: float = 0.0,
     ) -> None:
         self._leases = leases
         self._live_segments = live_segments
@@ -83,6 +84,7 @@ class ShmServer:
         self._address = f"@seedstack-transport-{label}-{uuid.uuid4().hex[:12]}"
         self._idle_timeout_s = idle_timeout_s
         self._stall_timeout_s = stall_timeout_s
+        self._pending_wait_s = pending_wait_s
         self._server: SocketServer | None = None
 
     def start(self) -> CarrierAddress:
@@ -127,7 +129,10 @@ class ShmServer:
             if request.get("op") != "open":
                 raise ProtocolError(f"unknown op {request.get('op')!r}")
             lease = self._leases.open_read(
-                name, root_hash=request.get("root_hash"), ranges=wire.ranges_from_wire(request.get("ranges", []))
+                name,
+                root_hash=request.get("root_hash"),
+                ranges=wire.ranges_from_wire(request.get("ranges", [])),
+                wait_s=self._pending_wait_s,
             )
         except TransferError as exc:
             wire.send_message(conn, wire.error_reply(exc), deadline)

@@ -43,6 +43,7 @@ class TcpServer:
         host_id: str,
         idle_timeout_s: float,
         stall_timeout_s: float,
+        pending_wait_s: float = 0.0,
     ) -> None:
         self._leases = leases
         self._bind_host = bind_host
@@ -50,6 +51,7 @@ class TcpServer:
         self._host_id = host_id
         self._idle_timeout_s = idle_timeout_s
         self._stall_timeout_s = stall_timeout_s
+        self._pending_wait_s = pending_wait_s
         self._server: SocketServer | None = None
 
     def start(self) -> CarrierAddress:
@@ -90,7 +92,9 @@ class TcpServer:
             if request.get("op") != "read":
                 raise ProtocolError(f"unknown op {request.get('op')!r}")
             ranges = wire.ranges_from_wire(request.get("ranges", []))
-            lease = self._leases.open_read(name, root_hash=request.get("root_hash"), ranges=ranges)
+            lease = self._leases.open_read(
+                name, root_hash=request.get("root_hash"), ranges=ranges, wait_s=self._pending_wait_s
+            )
         except TransferError as exc:
             wire.send_message(conn, wire.error_reply(exc), time.monotonic() + self._stall_timeout_s)
             return

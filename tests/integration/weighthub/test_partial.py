@@ -87,30 +87,59 @@ async def test_a_plan_waits_for_a_free_source_instead_of_the_reader_polling(clie
     assert [r.holder_id for r in plan.reads] == ["trainer"]
 
 
-async def _a_reader_holds_part(hub: str) -> bool:
-    """Whether the hub lists a holder of v1 besides the trainer (a reader with verified chunks)."""
-    async with WeightHubClient(hub) as client:
-        reply = await client.list_versions(pb.ListVersionsRequest(model=MODEL))
-    return sum(v.num_holders for v in reply.versions if v.version == 1) >= 2
+async def test_a_reader_serving_in_flight_is_named_for_the_chunks_it_reads_before_it_reports_them(
+    client: WeightHubClient,
+) -> None:
+    await register(client, "trainer", host="t", max_concurrent_reads=1)
+    await register(client, "early", host="a")
+    await register(client, "late", host="b")
+    await register(client, "later", host="c")
+    await publish(client, "trainer", shard(1, ["w0", "w1"]))  # 4 chunks
+    first = await client.get_plan(plan_request("early", request_id="p1", chunk_indices=[0, 1], serve_in_flight=True))
+    assert [r.holder_id for r in first.reads] == ["trainer"]
+    # Before any progress report, "late" is sent to "early" for the chunks in flight there (its
+    # read waits at "early" until each lands); the trainer, busy, is not asked for them again.
+    plan = await client.get_plan(plan_request("late", request_id="p2", serve_in_flight=True))
+    assert [(r.holder_id, list(r.chunk_indices)) for r in plan.reads] == [("early", [0, 1])]
+    assert list(plan.deferred_chunk_indices) == [2, 3]
+    # Chunks "late" reads from a reader still fetching them do not make "late" a source of them
+    # (a wait is one hop, never a chain): "later" is sent to "early" too.
+    after = await client.get_plan(plan_request("later", request_id="p3", chunk_indices=[0, 1], serve_in_flight=True))
+    assert [r.holder_id for r in after.reads] == ["early"]
+    # A reader that does not serve chunks in flight is never named for them.
+    await client.report_held(
+        pb.ReportHeldRequest(request_id="h1", holder_id="early", model=MODEL, version=1, held=False)
+    )
+    await register(client, "quiet", host="d")
+    await register(client, "last", host="e")
+    quiet = await client.get_plan(plan_request("quiet", request_id="p4", chunk_indices=[0]))
+    assert [r.holder_id for r in quiet.reads] == ["trainer"]
+    assert (
+        await code_of(client.get_plan(plan_request("last", request_id="p5", chunk_indices=[0], max_wait_s=0)))
+        == grpc.StatusCode.RESOURCE_EXHAUSTED
+    )
 
 
 def _gate_reads(reader: Reader, *, after: int) -> tuple[asyncio.Event, list[str]]:
     """Let ``after`` transport reads of ``reader`` through, hold the rest until the event is set;
-    returns the event and the holder of every read started."""
+    returns the event and the holder of every read that has finished."""
     assert reader._reader is not None
     transport = reader._reader
     original = transport.read
     gate = asyncio.Event()
     started: list[str] = []
+    finished: list[str] = []
 
     async def read(ref: Any, dst: Any, **kwargs: Any) -> Any:
         started.append(ref.holder_id)
         if len(started) > after:
             await gate.wait()
-        return await original(ref, dst, **kwargs)
+        result = await original(ref, dst, **kwargs)
+        finished.append(ref.holder_id)
+        return result
 
     transport.read = read  # type: ignore[method-assign]
-    return gate, started
+    return gate, finished
 
 
 async def _nothing(holder_id: str) -> None:
@@ -146,10 +175,10 @@ async def test_a_reader_reads_chunks_from_a_peer_that_is_still_fetching(
             Reader(hub, model=MODEL, host="node2", **loopback()) as late,
         ):
             # "early" verifies two chunks from the trainer, then stalls holding the trainer's slot.
-            gate, _ = _gate_reads(early, after=2)
+            gate, early_done = _gate_reads(early, after=2)
             late_sources = _spy_reads(late)
             early_fetch = asyncio.create_task(early.fetch(1))
-            await assert_eventually(lambda: _a_reader_holds_part(hub), message="early never became a partial holder")
+            await assert_eventually(lambda: len(early_done) == 2, message="early never verified two chunks")
             late_fetch = asyncio.create_task(late.fetch(1))
             await assert_eventually(lambda: early.holder_id in late_sources, message="late never read from early")
             assert not early_fetch.done() and not late_fetch.done()
@@ -175,9 +204,9 @@ async def test_a_partial_holder_that_dies_mid_way_is_replanned_and_nothing_is_to
         doomed = Reader(hub, model=MODEL, host="node1", lease_ttl_s=1.0, transport_bind_host="127.0.0.1")
         await doomed.start()
         try:
-            _gate_reads(doomed, after=2)  # never released: it dies holding two verified chunks
+            _, doomed_done = _gate_reads(doomed, after=2)  # never released: it dies with two verified chunks
             doomed_fetch = asyncio.create_task(doomed.fetch(1))
-            await assert_eventually(lambda: _a_reader_holds_part(hub), message="never became a partial holder")
+            await assert_eventually(lambda: len(doomed_done) == 2, message="doomed never verified two chunks")
             async with Reader(hub, model=MODEL, host="node2", **loopback()) as survivor:
 
                 async def crash(holder_id: str) -> None:

@@ -194,3 +194,78 @@ def test_defer_busy_plans_what_is_free_and_defers_busy_chunks() -> None:
     assert result.deferred == (0, 1, 2, 3)
     with pytest.raises(ResourceExhausted):
         plan(reader, [busy_peer, free_peer])
+
+
+def _fetching(holder_id: str, topology: Topology, chunks: set[int], *, bound: int = 2, active: int = 0) -> Source:
+    """A reader that holds nothing yet but is reading ``chunks`` from a holder that has them."""
+    return Source(
+        holder_id=holder_id,
+        topology=topology,
+        chunks=frozenset(),
+        active_reads=active,
+        max_concurrent_reads=bound,
+        fetching=frozenset(chunks),
+    )
+
+
+def test_a_reader_fetching_a_chunk_is_its_source_and_the_publisher_is_spared() -> None:
+    reader = Topology("h1", "r1", "dc0")
+    trainer = source("trainer", TRAINER, publisher=True, bound=8)
+    early = _fetching("early", Topology("h2", "r1", "dc0"), {0, 1, 2, 3})
+    result = plan(reader, [trainer, early], defer_busy=True)
+    by_holder = {r.holder_id: r.chunk_indices for r in result.reads}
+    # Chunks in flight at "early" come from it (the read waits there), the rest from the trainer:
+    # no chunk leaves the trainer twice.
+    assert by_holder == {"early": (0, 1, 2, 3), "trainer": (4, 5, 6, 7)}
+
+
+def test_a_holder_that_has_the_chunk_beats_one_still_fetching_it_even_if_nearer() -> None:
+    reader = Topology("h1", "r1", "dc0")
+    far_holder = source("far", Topology("h3", "r9", "dc0"))  # whole version, another rack
+    near_fetcher = _fetching("near", Topology("h2", "r1", "dc0"), set(range(8)))
+    result = plan(reader, [far_holder, near_fetcher], defer_busy=True)
+    assert [r.holder_id for r in result.reads] == ["far"]
+    # Once "far" is busy, the nearer reader that is still fetching takes over.
+    busy_far = source("far", Topology("h3", "r9", "dc0"), active=2, bound=2)
+    assert [r.holder_id for r in plan(reader, [busy_far, near_fetcher], defer_busy=True).reads] == ["near"]
+
+
+def test_a_chunk_only_in_flight_somewhere_still_needs_a_holder_that_has_it() -> None:
+    reader = Topology("h1", "r1", "dc0")
+    with pytest.raises(FailedPrecondition, match="no live holder"):
+        plan(reader, [_fetching("early", Topology("h2", "r1", "dc0"), set(range(8)))], defer_busy=True)
+
+
+def test_readers_start_on_different_slices_when_the_publisher_serves_them_at_once() -> None:
+    reader = Topology("h1", "r1", "dc0")
+    trainer = Source(
+        holder_id="trainer",
+        topology=Topology("h1", "r1", "dc0"),  # the reader's host: shared memory
+        chunks=None,
+        active_reads=0,
+        max_concurrent_reads=1,
+        publisher=True,
+        shared_memory=True,
+    )
+    # Four readers expected, shared memory widens the trainer's one slot to eight: a quarter each.
+    spread = plan(reader, [trainer], chunks=8, defer_busy=True, num_readers=4, shm_max_concurrent_reads=8)
+    assert [len(r.chunk_indices) for r in spread.reads] == [2]
+    assert len(spread.deferred) == 6
+    # Over a NIC with one slot the trainer serves one reader at a time: that one streams it all.
+    nic = Source(
+        holder_id="trainer", topology=TRAINER, chunks=None, active_reads=0, max_concurrent_reads=1, publisher=True
+    )
+    streamed = plan(reader, [nic], chunks=8, defer_busy=True, num_readers=4, shm_max_concurrent_reads=8)
+    assert [len(r.chunk_indices) for r in streamed.reads] == [8]
+
+
+def test_shared_memory_widens_a_holders_bound_and_nothing_else() -> None:
+    reader = Topology("h1", "r1", "dc0")
+    full = {"active_reads": 1, "max_concurrent_reads": 1, "chunks": None}
+    same_host = Source(holder_id="a", topology=Topology("h1", "r1", "dc0"), shared_memory=True, **full)  # type: ignore[arg-type]
+    with pytest.raises(ResourceExhausted):
+        plan(reader, [same_host])
+    assert [r.holder_id for r in plan(reader, [same_host], shm_max_concurrent_reads=4).reads] == ["a"]
+    other_host = Source(holder_id="b", topology=Topology("h2", "r1", "dc0"), **full)  # type: ignore[arg-type]
+    with pytest.raises(ResourceExhausted):
+        plan(reader, [other_host], shm_max_concurrent_reads=4)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 from unittest import mock
 
 import pytest
@@ -157,3 +158,45 @@ def test_hub_rpcs_queue_on_the_hubs_one_thread() -> None:
     assert eight["hub_s"] >= 8 * 3 * 0.01
     unqueued = sim.predict_local(machine, k=8, options=sim.HubOptions(control_s=0.01), **common)  # type: ignore[arg-type]
     assert unqueued["hub_s"] < eight["hub_s"]
+
+
+def test_readers_serving_chunks_in_flight_start_at_once_and_the_trainer_sends_one_copy() -> None:
+    network = _star(8)
+    readers = [f"r{i}" for i in range(8)]
+    common: dict[str, Any] = {
+        "publishers": {"trainer": list(range(32))},
+        "readers": readers,
+        "chunk_sizes": [10.0] * 32,
+    }
+    reported = sim.simulate_hub(network, options=sim.HubOptions(partial_holders=True, control_s=0.05), **common)
+    in_flight = sim.simulate_hub(
+        network,
+        options=sim.HubOptions(
+            partial_holders=True,
+            control_s=0.05,
+            serve_in_flight=True,
+            spread_publisher_chunks=True,
+            pipelined_plans=True,
+        ),
+        **common,
+    )
+    assert sorted(in_flight.done_at_s) == sorted(readers)
+    assert in_flight.bytes_from["trainer"] == pytest.approx(320.0)
+    # Followers need no progress report and new plan before they read what a peer is fetching.
+    assert max(in_flight.done_at_s.values()) < max(reported.done_at_s.values())
+
+
+def test_an_unhashed_shared_memory_copy_is_predicted_cheaper_than_a_hashed_one() -> None:
+    machine = sim.MachineSpec(
+        cpu_cores=2,
+        socket_bytes_per_s=2e9,
+        memcpy_bytes_per_s=10e9,
+        hash_bytes_per_s=10e9,
+        read_latency_s=1e-4,
+        rpc_s=1e-3,
+    )
+    common: dict[str, Any] = {"k": 4, "size_bytes": 64e6, "num_tensors": 16, "chunk_size_bytes": 4e6, "net": False}
+    hashed = sim.predict_local(machine, options=sim.HubOptions(), **common)
+    trusted = sim.predict_local(machine, options=sim.HubOptions(hash_shm_reads=False), **common)
+    assert trusted["hub_s"] < hashed["hub_s"]
+    assert trusted["naive_s"] == pytest.approx(hashed["naive_s"])  # the naive scheme still hashes

@@ -26,17 +26,17 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from seedstack.common.v1 import common_pb2 as seedstack_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&seedstack/weighthub/v1/weighthub.proto\x12\x16seedstack.weighthub.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a seedstack/common/v1/common.proto\"\xf8\x01\n\x15RegisterHolderRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\tholder_id\x18\x02 \x01(\t\x12\x33\n\x06offers\x18\x03 \x03(\x0b\x32#.seedstack.common.v1.TransportOffer\x12\x35\n\x08topology\x18\x04 \x01(\x0b\x32#.seedstack.common.v1.TopologyLabels\x12\x13\n\x0blease_ttl_s\x18\x05 \x01(\x01\x12\x1c\n\x14max_concurrent_reads\x18\x06 \x01(\r\x12\x19\n\x11transport_host_id\x18\x07 \x01(\t\"-\n\x16RegisterHolderResponse\x12\x13\n\x0blease_ttl_s\x18\x01 \x01(\x01\"@\n\x17UnregisterHolderRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\tholder_id\x18\x02 \x01(\t\"\x1a\n\x18UnregisterHolderResponse\"%\n\x10HeartbeatRequest\x12\x11\n\tholder_id\x18\x01 \x01(\t\"X\n\x0bHeldVersion\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x18\n\x10num_active_reads\x18\x03 \x01(\r\x12\x0f\n\x07retired\x18\x04 \x01(\x08\"d\n\x11HeartbeatResponse\x12\x13\n\x0blease_ttl_s\x18\x01 \x01(\x01\x12:\n\rheld_versions\x18\x02 \x03(\x0b\x32#.seedstack.weighthub.v1.HeldVersion\"\x91\x01\n\x0ePublishRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\tholder_id\x18\x02 \x01(\t\x12/\n\x08manifest\x18\x03 \x01(\x0b\x32\x1d.seedstack.common.v1.Manifest\x12\x13\n\x0bshard_index\x18\x04 \x01(\r\x12\x12\n\nnum_shards\x18\x05 \x01(\r\"V\n\x0fPublishResponse\x12\x11\n\tcommitted\x18\x01 \x01(\x08\x12\x1d\n\x15num_shards_registered\x18\x02 \x01(\r\x12\x11\n\troot_hash\x18\x03 \x01(\t\"4\n\x12GetManifestRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\"F\n\x13GetManifestResponse\x12/\n\x08manifest\x18\x01 \x01(\x0b\x32\x1d.seedstack.common.v1.Manifest\"\xc3\x01\n\x0eGetPlanRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\treader_id\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\x04\x12\x14\n\x0cheld_version\x18\x05 \x01(\x04\x12\x15\n\rchunk_indices\x18\x06 \x03(\r\x12\x12\n\nmax_wait_s\x18\x07 \x01(\x01\x12\x15\n\rallow_partial\x18\x08 \x01(\x08\x12\x12\n\nmax_chunks\x18\t \x01(\r\"\x9e\x01\n\nSourceRead\x12\x11\n\tholder_id\x18\x01 \x01(\t\x12\x32\n\x05offer\x18\x02 \x01(\x0b\x32#.seedstack.common.v1.TransportOffer\x12\x32\n\x08locality\x18\x03 \x01(\x0e\x32 .seedstack.weighthub.v1.Locality\x12\x15\n\rchunk_indices\x18\x04 \x03(\r\"\xb6\x01\n\x0fGetPlanResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x14\n\x0c\x62\x61se_version\x18\x03 \x01(\x04\x12\x31\n\x05reads\x18\x04 \x03(\x0b\x32\".seedstack.weighthub.v1.SourceRead\x12\x1a\n\x12planned_size_bytes\x18\x05 \x01(\x03\x12\x1e\n\x16\x64\x65\x66\x65rred_chunk_indices\x18\x06 \x03(\r\"\x92\x01\n\x15ReportProgressRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\tholder_id\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\x04\x12\x15\n\rchunk_indices\x18\x05 \x03(\r\x12\x1b\n\x13\x66inished_holder_ids\x18\x06 \x03(\t\"1\n\x16ReportProgressResponse\x12\x17\n\x0fnum_chunks_held\x18\x01 \x01(\r\"{\n\x11ReportHeldRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\tholder_id\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\x04\x12\x0c\n\x04held\x18\x05 \x01(\x08\x12\x11\n\troot_hash\x18\x06 \x01(\t\".\n\x12ReportHeldResponse\x12\x18\n\x10num_active_reads\x18\x01 \x01(\r\"\xba\x01\n\x18ReportReadFailureRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\treader_id\x18\x02 \x01(\t\x12\x11\n\tholder_id\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\x04\x12\x34\n\x07\x66\x61ilure\x18\x06 \x01(\x0e\x32#.seedstack.weighthub.v1.ReadFailure\x12\x0e\n\x06\x64\x65tail\x18\x07 \x01(\t\"\x1b\n\x19ReportReadFailureResponse\"O\n\nPinRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x04\x12\r\n\x05owner\x18\x04 \x01(\t\"\r\n\x0bPinResponse\"Q\n\x0cUnpinRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x04\x12\r\n\x05owner\x18\x04 \x01(\t\"\x0f\n\rUnpinResponse\"V\n\x14WatchVersionsRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rafter_version\x18\x02 \x01(\x04\x12\x18\n\x10include_manifest\x18\x03 \x01(\x08\"\xbf\x01\n\x0bVersionInfo\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x11\n\troot_hash\x18\x03 \x01(\t\x12\x12\n\nsize_bytes\x18\x04 \x01(\x03\x12\x12\n\nnum_chunks\x18\x05 \x01(\r\x12\x13\n\x0bnum_holders\x18\x06 \x01(\r\x12\x0e\n\x06pinned\x18\x07 \x01(\x08\x12\x30\n\x0c\x63ommitted_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x83\x01\n\x15WatchVersionsResponse\x12\x39\n\x0cversion_info\x18\x01 \x01(\x0b\x32#.seedstack.weighthub.v1.VersionInfo\x12/\n\x08manifest\x18\x02 \x01(\x0b\x32\x1d.seedstack.common.v1.Manifest\"$\n\x13ListVersionsRequest\x12\r\n\x05model\x18\x01 \x01(\t\"M\n\x14ListVersionsResponse\x12\x35\n\x08versions\x18\x01 \x03(\x0b\x32#.seedstack.weighthub.v1.VersionInfo*\x91\x01\n\x08Locality\x12\x18\n\x14LOCALITY_UNSPECIFIED\x10\x00\x12\x16\n\x12LOCALITY_SAME_HOST\x10\x01\x12\x16\n\x12LOCALITY_SAME_RACK\x10\x02\x12\x1c\n\x18LOCALITY_SAME_DATACENTER\x10\x03\x12\x1d\n\x19LOCALITY_CROSS_DATACENTER\x10\x04*\x9d\x01\n\x0bReadFailure\x12\x1c\n\x18READ_FAILURE_UNSPECIFIED\x10\x00\x12\x1c\n\x18READ_FAILURE_UNREACHABLE\x10\x01\x12\x18\n\x14READ_FAILURE_TIMEOUT\x10\x02\x12\x1e\n\x1aREAD_FAILURE_HASH_MISMATCH\x10\x03\x12\x18\n\x14READ_FAILURE_REFUSED\x10\x04\x32\xc6\n\n\tWeightHub\x12o\n\x0eRegisterHolder\x12-.seedstack.weighthub.v1.RegisterHolderRequest\x1a..seedstack.weighthub.v1.RegisterHolderResponse\x12u\n\x10UnregisterHolder\x12/.seedstack.weighthub.v1.UnregisterHolderRequest\x1a\x30.seedstack.weighthub.v1.UnregisterHolderResponse\x12`\n\tHeartbeat\x12(.seedstack.weighthub.v1.HeartbeatRequest\x1a).seedstack.weighthub.v1.HeartbeatResponse\x12Z\n\x07Publish\x12&.seedstack.weighthub.v1.PublishRequest\x1a\'.seedstack.weighthub.v1.PublishResponse\x12\x66\n\x0bGetManifest\x12*.seedstack.weighthub.v1.GetManifestRequest\x1a+.seedstack.weighthub.v1.GetManifestResponse\x12Z\n\x07GetPlan\x12&.seedstack.weighthub.v1.GetPlanRequest\x1a\'.seedstack.weighthub.v1.GetPlanResponse\x12\x63\n\nReportHeld\x12).seedstack.weighthub.v1.ReportHeldRequest\x1a*.seedstack.weighthub.v1.ReportHeldResponse\x12o\n\x0eReportProgress\x12-.seedstack.weighthub.v1.ReportProgressRequest\x1a..seedstack.weighthub.v1.ReportProgressResponse\x12x\n\x11ReportReadFailure\x12\x30.seedstack.weighthub.v1.ReportReadFailureRequest\x1a\x31.seedstack.weighthub.v1.ReportReadFailureResponse\x12N\n\x03Pin\x12\".seedstack.weighthub.v1.PinRequest\x1a#.seedstack.weighthub.v1.PinResponse\x12T\n\x05Unpin\x12$.seedstack.weighthub.v1.UnpinRequest\x1a%.seedstack.weighthub.v1.UnpinResponse\x12n\n\rWatchVersions\x12,.seedstack.weighthub.v1.WatchVersionsRequest\x1a-.seedstack.weighthub.v1.WatchVersionsResponse0\x01\x12i\n\x0cListVersions\x12+.seedstack.weighthub.v1.ListVersionsRequest\x1a,.seedstack.weighthub.v1.ListVersionsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&seedstack/weighthub/v1/weighthub.proto\x12\x16seedstack.weighthub.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a seedstack/common/v1/common.proto\"\xf8\x01\n\x15RegisterHolderRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\tholder_id\x18\x02 \x01(\t\x12\x33\n\x06offers\x18\x03 \x03(\x0b\x32#.seedstack.common.v1.TransportOffer\x12\x35\n\x08topology\x18\x04 \x01(\x0b\x32#.seedstack.common.v1.TopologyLabels\x12\x13\n\x0blease_ttl_s\x18\x05 \x01(\x01\x12\x1c\n\x14max_concurrent_reads\x18\x06 \x01(\r\x12\x19\n\x11transport_host_id\x18\x07 \x01(\t\"-\n\x16RegisterHolderResponse\x12\x13\n\x0blease_ttl_s\x18\x01 \x01(\x01\"@\n\x17UnregisterHolderRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\tholder_id\x18\x02 \x01(\t\"\x1a\n\x18UnregisterHolderResponse\"%\n\x10HeartbeatRequest\x12\x11\n\tholder_id\x18\x01 \x01(\t\"X\n\x0bHeldVersion\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x18\n\x10num_active_reads\x18\x03 \x01(\r\x12\x0f\n\x07retired\x18\x04 \x01(\x08\"d\n\x11HeartbeatResponse\x12\x13\n\x0blease_ttl_s\x18\x01 \x01(\x01\x12:\n\rheld_versions\x18\x02 \x03(\x0b\x32#.seedstack.weighthub.v1.HeldVersion\"\x91\x01\n\x0ePublishRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\tholder_id\x18\x02 \x01(\t\x12/\n\x08manifest\x18\x03 \x01(\x0b\x32\x1d.seedstack.common.v1.Manifest\x12\x13\n\x0bshard_index\x18\x04 \x01(\r\x12\x12\n\nnum_shards\x18\x05 \x01(\r\"V\n\x0fPublishResponse\x12\x11\n\tcommitted\x18\x01 \x01(\x08\x12\x1d\n\x15num_shards_registered\x18\x02 \x01(\r\x12\x11\n\troot_hash\x18\x03 \x01(\t\"4\n\x12GetManifestRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\"F\n\x13GetManifestResponse\x12/\n\x08manifest\x18\x01 \x01(\x0b\x32\x1d.seedstack.common.v1.Manifest\"\xdc\x01\n\x0eGetPlanRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\treader_id\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\x04\x12\x14\n\x0cheld_version\x18\x05 \x01(\x04\x12\x15\n\rchunk_indices\x18\x06 \x03(\r\x12\x12\n\nmax_wait_s\x18\x07 \x01(\x01\x12\x15\n\rallow_partial\x18\x08 \x01(\x08\x12\x12\n\nmax_chunks\x18\t \x01(\r\x12\x17\n\x0fserve_in_flight\x18\n \x01(\x08\"\x9e\x01\n\nSourceRead\x12\x11\n\tholder_id\x18\x01 \x01(\t\x12\x32\n\x05offer\x18\x02 \x01(\x0b\x32#.seedstack.common.v1.TransportOffer\x12\x32\n\x08locality\x18\x03 \x01(\x0e\x32 .seedstack.weighthub.v1.Locality\x12\x15\n\rchunk_indices\x18\x04 \x03(\r\"\xb6\x01\n\x0fGetPlanResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x14\n\x0c\x62\x61se_version\x18\x03 \x01(\x04\x12\x31\n\x05reads\x18\x04 \x03(\x0b\x32\".seedstack.weighthub.v1.SourceRead\x12\x1a\n\x12planned_size_bytes\x18\x05 \x01(\x03\x12\x1e\n\x16\x64\x65\x66\x65rred_chunk_indices\x18\x06 \x03(\r\"\x92\x01\n\x15ReportProgressRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\tholder_id\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\x04\x12\x15\n\rchunk_indices\x18\x05 \x03(\r\x12\x1b\n\x13\x66inished_holder_ids\x18\x06 \x03(\t\"1\n\x16ReportProgressResponse\x12\x17\n\x0fnum_chunks_held\x18\x01 \x01(\r\"{\n\x11ReportHeldRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\tholder_id\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\x04\x12\x0c\n\x04held\x18\x05 \x01(\x08\x12\x11\n\troot_hash\x18\x06 \x01(\t\".\n\x12ReportHeldResponse\x12\x18\n\x10num_active_reads\x18\x01 \x01(\r\"\xba\x01\n\x18ReportReadFailureRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\treader_id\x18\x02 \x01(\t\x12\x11\n\tholder_id\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\x04\x12\x34\n\x07\x66\x61ilure\x18\x06 \x01(\x0e\x32#.seedstack.weighthub.v1.ReadFailure\x12\x0e\n\x06\x64\x65tail\x18\x07 \x01(\t\"\x1b\n\x19ReportReadFailureResponse\"O\n\nPinRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x04\x12\r\n\x05owner\x18\x04 \x01(\t\"\r\n\x0bPinResponse\"Q\n\x0cUnpinRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x04\x12\r\n\x05owner\x18\x04 \x01(\t\"\x0f\n\rUnpinResponse\"V\n\x14WatchVersionsRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rafter_version\x18\x02 \x01(\x04\x12\x18\n\x10include_manifest\x18\x03 \x01(\x08\"\xbf\x01\n\x0bVersionInfo\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x11\n\troot_hash\x18\x03 \x01(\t\x12\x12\n\nsize_bytes\x18\x04 \x01(\x03\x12\x12\n\nnum_chunks\x18\x05 \x01(\r\x12\x13\n\x0bnum_holders\x18\x06 \x01(\r\x12\x0e\n\x06pinned\x18\x07 \x01(\x08\x12\x30\n\x0c\x63ommitted_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x83\x01\n\x15WatchVersionsResponse\x12\x39\n\x0cversion_info\x18\x01 \x01(\x0b\x32#.seedstack.weighthub.v1.VersionInfo\x12/\n\x08manifest\x18\x02 \x01(\x0b\x32\x1d.seedstack.common.v1.Manifest\"$\n\x13ListVersionsRequest\x12\r\n\x05model\x18\x01 \x01(\t\"M\n\x14ListVersionsResponse\x12\x35\n\x08versions\x18\x01 \x03(\x0b\x32#.seedstack.weighthub.v1.VersionInfo*\x91\x01\n\x08Locality\x12\x18\n\x14LOCALITY_UNSPECIFIED\x10\x00\x12\x16\n\x12LOCALITY_SAME_HOST\x10\x01\x12\x16\n\x12LOCALITY_SAME_RACK\x10\x02\x12\x1c\n\x18LOCALITY_SAME_DATACENTER\x10\x03\x12\x1d\n\x19LOCALITY_CROSS_DATACENTER\x10\x04*\x9d\x01\n\x0bReadFailure\x12\x1c\n\x18READ_FAILURE_UNSPECIFIED\x10\x00\x12\x1c\n\x18READ_FAILURE_UNREACHABLE\x10\x01\x12\x18\n\x14READ_FAILURE_TIMEOUT\x10\x02\x12\x1e\n\x1aREAD_FAILURE_HASH_MISMATCH\x10\x03\x12\x18\n\x14READ_FAILURE_REFUSED\x10\x04\x32\xc6\n\n\tWeightHub\x12o\n\x0eRegisterHolder\x12-.seedstack.weighthub.v1.RegisterHolderRequest\x1a..seedstack.weighthub.v1.RegisterHolderResponse\x12u\n\x10UnregisterHolder\x12/.seedstack.weighthub.v1.UnregisterHolderRequest\x1a\x30.seedstack.weighthub.v1.UnregisterHolderResponse\x12`\n\tHeartbeat\x12(.seedstack.weighthub.v1.HeartbeatRequest\x1a).seedstack.weighthub.v1.HeartbeatResponse\x12Z\n\x07Publish\x12&.seedstack.weighthub.v1.PublishRequest\x1a\'.seedstack.weighthub.v1.PublishResponse\x12\x66\n\x0bGetManifest\x12*.seedstack.weighthub.v1.GetManifestRequest\x1a+.seedstack.weighthub.v1.GetManifestResponse\x12Z\n\x07GetPlan\x12&.seedstack.weighthub.v1.GetPlanRequest\x1a\'.seedstack.weighthub.v1.GetPlanResponse\x12\x63\n\nReportHeld\x12).seedstack.weighthub.v1.ReportHeldRequest\x1a*.seedstack.weighthub.v1.ReportHeldResponse\x12o\n\x0eReportProgress\x12-.seedstack.weighthub.v1.ReportProgressRequest\x1a..seedstack.weighthub.v1.ReportProgressResponse\x12x\n\x11ReportReadFailure\x12\x30.seedstack.weighthub.v1.ReportReadFailureRequest\x1a\x31.seedstack.weighthub.v1.ReportReadFailureResponse\x12N\n\x03Pin\x12\".seedstack.weighthub.v1.PinRequest\x1a#.seedstack.weighthub.v1.PinResponse\x12T\n\x05Unpin\x12$.seedstack.weighthub.v1.UnpinRequest\x1a%.seedstack.weighthub.v1.UnpinResponse\x12n\n\rWatchVersions\x12,.seedstack.weighthub.v1.WatchVersionsRequest\x1a-.seedstack.weighthub.v1.WatchVersionsResponse0\x01\x12i\n\x0cListVersions\x12+.seedstack.weighthub.v1.ListVersionsRequest\x1a,.seedstack.weighthub.v1.ListVersionsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'seedstack.weighthub.v1.weighthub_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LOCALITY']._serialized_start=2983
-  _globals['_LOCALITY']._serialized_end=3128
-  _globals['_READFAILURE']._serialized_start=3131
-  _globals['_READFAILURE']._serialized_end=3288
+  _globals['_LOCALITY']._serialized_start=3008
+  _globals['_LOCALITY']._serialized_end=3153
+  _globals['_READFAILURE']._serialized_start=3156
+  _globals['_READFAILURE']._serialized_end=3313
   _globals['_REGISTERHOLDERREQUEST']._serialized_start=134
   _globals['_REGISTERHOLDERREQUEST']._serialized_end=382
   _globals['_REGISTERHOLDERRESPONSE']._serialized_start=384
@@ -60,41 +60,41 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETMANIFESTRESPONSE']._serialized_start=1046
   _globals['_GETMANIFESTRESPONSE']._serialized_end=1116
   _globals['_GETPLANREQUEST']._serialized_start=1119
-  _globals['_GETPLANREQUEST']._serialized_end=1314
-  _globals['_SOURCEREAD']._serialized_start=1317
-  _globals['_SOURCEREAD']._serialized_end=1475
-  _globals['_GETPLANRESPONSE']._serialized_start=1478
-  _globals['_GETPLANRESPONSE']._serialized_end=1660
-  _globals['_REPORTPROGRESSREQUEST']._serialized_start=1663
-  _globals['_REPORTPROGRESSREQUEST']._serialized_end=1809
-  _globals['_REPORTPROGRESSRESPONSE']._serialized_start=1811
-  _globals['_REPORTPROGRESSRESPONSE']._serialized_end=1860
-  _globals['_REPORTHELDREQUEST']._serialized_start=1862
-  _globals['_REPORTHELDREQUEST']._serialized_end=1985
-  _globals['_REPORTHELDRESPONSE']._serialized_start=1987
-  _globals['_REPORTHELDRESPONSE']._serialized_end=2033
-  _globals['_REPORTREADFAILUREREQUEST']._serialized_start=2036
-  _globals['_REPORTREADFAILUREREQUEST']._serialized_end=2222
-  _globals['_REPORTREADFAILURERESPONSE']._serialized_start=2224
-  _globals['_REPORTREADFAILURERESPONSE']._serialized_end=2251
-  _globals['_PINREQUEST']._serialized_start=2253
-  _globals['_PINREQUEST']._serialized_end=2332
-  _globals['_PINRESPONSE']._serialized_start=2334
-  _globals['_PINRESPONSE']._serialized_end=2347
-  _globals['_UNPINREQUEST']._serialized_start=2349
-  _globals['_UNPINREQUEST']._serialized_end=2430
-  _globals['_UNPINRESPONSE']._serialized_start=2432
-  _globals['_UNPINRESPONSE']._serialized_end=2447
-  _globals['_WATCHVERSIONSREQUEST']._serialized_start=2449
-  _globals['_WATCHVERSIONSREQUEST']._serialized_end=2535
-  _globals['_VERSIONINFO']._serialized_start=2538
-  _globals['_VERSIONINFO']._serialized_end=2729
-  _globals['_WATCHVERSIONSRESPONSE']._serialized_start=2732
-  _globals['_WATCHVERSIONSRESPONSE']._serialized_end=2863
-  _globals['_LISTVERSIONSREQUEST']._serialized_start=2865
-  _globals['_LISTVERSIONSREQUEST']._serialized_end=2901
-  _globals['_LISTVERSIONSRESPONSE']._serialized_start=2903
-  _globals['_LISTVERSIONSRESPONSE']._serialized_end=2980
-  _globals['_WEIGHTHUB']._serialized_start=3291
-  _globals['_WEIGHTHUB']._serialized_end=4641
+  _globals['_GETPLANREQUEST']._serialized_end=1339
+  _globals['_SOURCEREAD']._serialized_start=1342
+  _globals['_SOURCEREAD']._serialized_end=1500
+  _globals['_GETPLANRESPONSE']._serialized_start=1503
+  _globals['_GETPLANRESPONSE']._serialized_end=1685
+  _globals['_REPORTPROGRESSREQUEST']._serialized_start=1688
+  _globals['_REPORTPROGRESSREQUEST']._serialized_end=1834
+  _globals['_REPORTPROGRESSRESPONSE']._serialized_start=1836
+  _globals['_REPORTPROGRESSRESPONSE']._serialized_end=1885
+  _globals['_REPORTHELDREQUEST']._serialized_start=1887
+  _globals['_REPORTHELDREQUEST']._serialized_end=2010
+  _globals['_REPORTHELDRESPONSE']._serialized_start=2012
+  _globals['_REPORTHELDRESPONSE']._serialized_end=2058
+  _globals['_REPORTREADFAILUREREQUEST']._serialized_start=2061
+  _globals['_REPORTREADFAILUREREQUEST']._serialized_end=2247
+  _globals['_REPORTREADFAILURERESPONSE']._serialized_start=2249
+  _globals['_REPORTREADFAILURERESPONSE']._serialized_end=2276
+  _globals['_PINREQUEST']._serialized_start=2278
+  _globals['_PINREQUEST']._serialized_end=2357
+  _globals['_PINRESPONSE']._serialized_start=2359
+  _globals['_PINRESPONSE']._serialized_end=2372
+  _globals['_UNPINREQUEST']._serialized_start=2374
+  _globals['_UNPINREQUEST']._serialized_end=2455
+  _globals['_UNPINRESPONSE']._serialized_start=2457
+  _globals['_UNPINRESPONSE']._serialized_end=2472
+  _globals['_WATCHVERSIONSREQUEST']._serialized_start=2474
+  _globals['_WATCHVERSIONSREQUEST']._serialized_end=2560
+  _globals['_VERSIONINFO']._serialized_start=2563
+  _globals['_VERSIONINFO']._serialized_end=2754
+  _globals['_WATCHVERSIONSRESPONSE']._serialized_start=2757
+  _globals['_WATCHVERSIONSRESPONSE']._serialized_end=2888
+  _globals['_LISTVERSIONSREQUEST']._serialized_start=2890
+  _globals['_LISTVERSIONSREQUEST']._serialized_end=2926
+  _globals['_LISTVERSIONSRESPONSE']._serialized_start=2928
+  _globals['_LISTVERSIONSRESPONSE']._serialized_end=3005
+  _globals['_WEIGHTHUB']._serialized_start=3316
+  _globals['_WEIGHTHUB']._serialized_end=4666
 # @@protoc_insertion_point(module_scope)

@@ -138,7 +138,7 @@ class GetManifestResponse(_message.Message):
     def __init__(self, manifest: _Optional[_Union[_common_pb2.Manifest, _Mapping]] = ...) -> None: ...
 
 class GetPlanRequest(_message.Message):
-    __slots__ = ("request_id", "reader_id", "model", "version", "held_version", "chunk_indices", "max_wait_s", "allow_partial", "max_chunks")
+    __slots__ = ("request_id", "reader_id", "model", "version", "held_version", "chunk_indices", "max_wait_s", "allow_partial", "max_chunks", "serve_in_flight")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     READER_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -148,6 +148,7 @@ class GetPlanRequest(_message.Message):
     MAX_WAIT_S_FIELD_NUMBER: _ClassVar[int]
     ALLOW_PARTIAL_FIELD_NUMBER: _ClassVar[int]
     MAX_CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    SERVE_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     reader_id: str
     model: str
@@ -157,7 +158,8 @@ class GetPlanRequest(_message.Message):
     max_wait_s: float
     allow_partial: bool
     max_chunks: int
-    def __init__(self, request_id: _Optional[str] = ..., reader_id: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[int] = ..., held_version: _Optional[int] = ..., chunk_indices: _Optional[_Iterable[int]] = ..., max_wait_s: _Optional[float] = ..., allow_partial: _Optional[bool] = ..., max_chunks: _Optional[int] = ...) -> None: ...
+    serve_in_flight: bool
+    def __init__(self, request_id: _Optional[str] = ..., reader_id: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[int] = ..., held_version: _Optional[int] = ..., chunk_indices: _Optional[_Iterable[int]] = ..., max_wait_s: _Optional[float] = ..., allow_partial: _Optional[bool] = ..., max_chunks: _Optional[int] = ..., serve_in_flight: _Optional[bool] = ...) -> None: ...
 
 class SourceRead(_message.Message):
     __slots__ = ("holder_id", "offer", "locality", "chunk_indices")
