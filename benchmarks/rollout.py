@@ -18,6 +18,7 @@ import json
 import os
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,14 @@ def prompts(n: int) -> list[list[int]]:
     return [list(f"Compute {i * 7 % 97} + {i * 13 % 89} - {i % 10}.".encode()) for i in range(n)]
 
 
+def distinct_prompts(n: int) -> list[list[int]]:
+    """Prompts of the same lengths with no prefix common to all (the engine's shared-prefix prefill idle)."""
+    return [list(f"{i * 7 % 97} + {i * 13 % 89} - {i % 10}: compute.".encode()) for i in range(n)]
+
+
+PromptSet = Callable[[int], list[list[int]]]
+
+
 class Rate:
     """Tokens per second of wall time and of process CPU time (all threads), over one timed block.
 
@@ -59,9 +68,11 @@ class Rate:
         return tokens / (time.perf_counter() - self.wall), tokens / max(time.process_time() - self.cpu, 1e-9)
 
 
-async def engine_tokens_per_s(generation: Generation, batch: int, new_tokens: int) -> tuple[float, float]:
+async def engine_tokens_per_s(
+    generation: Generation, batch: int, new_tokens: int, prompt_set: PromptSet = prompts
+) -> tuple[float, float]:
     params = SamplingParams(temperature=0.0, max_new_tokens=new_tokens)
-    requests = [SequenceRequest(prompt_ids=p, params=params, seed=0) for p in prompts(batch)]
+    requests = [SequenceRequest(prompt_ids=p, params=params, seed=0) for p in prompt_set(batch)]
     rate = Rate()
     async with generation.call() as call:
         call.submit(requests)
@@ -69,8 +80,8 @@ async def engine_tokens_per_s(generation: Generation, batch: int, new_tokens: in
     return rate.per_s(tokens)
 
 
-def hf_tokens_per_s(model: Any, batch: int, new_tokens: int) -> tuple[float, float]:
-    ids = prompts(batch)
+def hf_tokens_per_s(model: Any, batch: int, new_tokens: int, prompt_set: PromptSet = prompts) -> tuple[float, float]:
+    ids = prompt_set(batch)
     width = max(len(p) for p in ids)
     input_ids = torch.tensor([[0] * (width - len(p)) + p for p in ids])
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in ids])
@@ -111,8 +122,8 @@ async def bench_engine(model: torch.nn.Module, quick: bool, figures: dict[str, A
     generation = Generation(engine, router)
     new_tokens = 32
     batches = (1, 8, 32, 64)
-    reps = 3
-    progress = Progress("engine vs generate", len(batches) * reps)
+    reps = 5
+    progress = Progress("engine vs generate", (len(batches) + 1) * reps)
     ours: dict[int, list[tuple[float, float]]] = {}
     theirs: dict[int, list[tuple[float, float]]] = {}
     await engine_tokens_per_s(generation, 64, 8)  # warm-up (every slot once)
@@ -122,6 +133,11 @@ async def bench_engine(model: torch.nn.Module, quick: bool, figures: dict[str, A
             ours.setdefault(batch, []).append(await engine_tokens_per_s(generation, batch, new_tokens))
             theirs.setdefault(batch, []).append(hf_tokens_per_s(model, batch, new_tokens))
             progress.advance()
+    distinct: dict[str, list[tuple[float, float]]] = {"ours": [], "theirs": []}
+    for _ in range(reps):
+        distinct["ours"].append(await engine_tokens_per_s(generation, 32, new_tokens, distinct_prompts))
+        distinct["theirs"].append(hf_tokens_per_s(model, 32, new_tokens, distinct_prompts))
+        progress.advance()
     progress.finish()
     one_at_a_time = hf_one_at_a_time_tokens_per_s(model, 4 if quick else 8, new_tokens)
     await asyncio.to_thread(engine.close)
@@ -144,6 +160,12 @@ async def bench_engine(model: torch.nn.Module, quick: bool, figures: dict[str, A
     figures["engine_vs_hf_generate_by_batch"] = {str(b): round(v, 2) for b, v in wall.items()}
     figures["engine_vs_hf_generate_by_batch_cpu_time"] = {str(b): round(v, 2) for b, v in cpu.items()}
     figures["engine_batch64_vs_hf_one_at_a_time"] = round(median(ours[64], 0) / one_at_a_time, 2)
+    figures["engine_vs_hf_generate_batch32_distinct_prompts"] = {
+        "wall": round(median(distinct["ours"], 0) / median(distinct["theirs"], 0), 2),
+        "cpu_time": round(median(distinct["ours"], 1) / median(distinct["theirs"], 1), 2),
+        "prompts": "same lengths, no prefix shared by all (the default prompts share 'Compute ', 8 tokens, "
+        "which the engine prefills once)",
+    }
     return wall[32], cpu[32]
 
 

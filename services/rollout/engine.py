@@ -132,7 +132,18 @@ class Event:
 
 
 class _Seq:
-    __slots__ = ("cache_len", "completion", "delta_sent", "id", "key", "logprobs", "req", "spans", "stop_window")
+    __slots__ = (
+        "cache_len",
+        "completion",
+        "delta_sent",
+        "id",
+        "key",
+        "logprobs",
+        "max_new_tokens",
+        "req",
+        "spans",
+        "stop_window",
+    )
 
     def __init__(self, seq_id: int, req: SequenceRequest) -> None:
         self.id = seq_id
@@ -144,7 +155,9 @@ class _Seq:
         self.cache_len = 0
         self.key = seed_key(req.seed, req.sample_index)
         self.delta_sent = len(self.completion)
-        self.stop_window = max((len(s.encode("utf-8")) for s in req.params.stop), default=0) + 4
+        # Tail of the completion (in tokens) that can hold a stop string; 0 without stop strings.
+        self.stop_window = max((len(s.encode("utf-8")) for s in req.params.stop), default=-4) + 4
+        self.max_new_tokens = req.params.max_new_tokens
 
     def all_tokens(self) -> list[int]:
         return self.req.prompt_ids + self.completion
@@ -499,20 +512,21 @@ class Engine:
         eos = self.tokenizer.eos_id
         for s, tok, lp in zip(active, new_tokens.tolist(), new_logprobs.tolist(), strict=True):
             s.cache_len += 1
-            index = len(s.completion)
-            s.completion.append(tok)
+            completion = s.completion
+            index = len(completion)
+            completion.append(tok)
             s.logprobs.append(lp)
-            if s.spans and s.spans[-1][2] == version and s.spans[-1][1] == index:
-                s.spans[-1][1] = index + 1
+            span = s.spans[-1] if s.spans else None
+            if span is not None and span[1] == index and span[2] == version:
+                span[1] = index + 1
             else:
                 s.spans.append([index, index + 1, version])
-            reason = ""
-            if tok == eos:
+            if tok == eos or (s.stop_window and self._hit_stop(s)):
                 reason = FINISH_STOP
-            elif s.req.params.stop and self._hit_stop(s):
-                reason = FINISH_STOP
-            elif len(s.completion) >= s.req.params.max_new_tokens:
+            elif index + 1 >= s.max_new_tokens:
                 reason = FINISH_LENGTH
+            else:
+                reason = ""
             if s.req.want_deltas:
                 delta = Event(
                     kind="delta",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from unittest import mock
 
 import pytest
 import torch
@@ -49,6 +50,26 @@ def test_prompts_prefilled_together_match_hf_logits(model: torch.nn.Module) -> N
     with torch.no_grad():
         for row, i in enumerate(order):
             ref = model(torch.tensor([prompts[i]])).logits[0, -1]
+            torch.testing.assert_close(logits[row], ref, atol=1e-4, rtol=1e-4)
+
+
+def test_a_prefix_shared_by_every_prompt_runs_once_and_matches_hf_logits(model: torch.nn.Module) -> None:
+    arch = read_arch(model)
+    w = prepare_weights(arch, model.state_dict())
+    dec = Decoder(arch, KVCache(arch, 5, 128))
+    # 4 rows beyond the first share 17 tokens: 68 positions saved, so the prefix runs once. One context is
+    # the prefix alone (nothing of its own after it).
+    prompts = [list(b"Compute the sum: " + tail) for tail in (b"3 + 4.", b"12 + 30.", b"x", b"1 + 1 + 1 + 1.")]
+    prompts.append([*b"Compute the sum: ", ord("?")])
+    with mock.patch.object(dec, "_forward", wraps=dec._forward) as forward:
+        dec.prefill_many(w, [p[:-1] for p in prompts], list(range(5)))
+    token_rows = [c.args[1].numel() for c in forward.call_args_list]
+    assert token_rows[0] == 17 and sum(token_rows) < sum(len(p) - 1 for p in prompts)
+    positions = torch.tensor([len(p) - 1 for p in prompts])
+    logits = dec.step(w, torch.tensor([p[-1] for p in prompts]), positions, int(positions.max()) + 1)
+    with torch.no_grad():
+        for row, ids in enumerate(prompts):
+            ref = model(torch.tensor([ids])).logits[0, -1]
             torch.testing.assert_close(logits[row], ref, atol=1e-4, rtol=1e-4)
 
 

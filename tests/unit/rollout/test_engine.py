@@ -6,14 +6,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
+from typing import Any
 
 import pytest
 import torch
 
 from services.common.errors import InvalidArgument
-from services.rollout.decoder import Arch, Weights, prepare_weights
+from services.rollout.decoder import Arch, Weights, prepare_weights, read_arch
 from services.rollout.engine import Engine, Event, Limits, Partial, SamplingParams, SequenceRequest, check_sampling
-from services.rollout.model import CharTokenizer
+from services.rollout.model import CharTokenizer, build_model
 from tests.unit.rollout.conftest import LIMITS, Collected
 
 PROMPT = list(b"Compute 12 + 7.")
@@ -27,11 +28,43 @@ def run(engine: Engine, collected: Collected, requests: list[SequenceRequest]) -
     return [e.completion_ids for e in collected.wait_finished(ids)]
 
 
+def hf_greedy(model: Any, prompt: list[int], max_new_tokens: int) -> list[int]:
+    """Hugging Face ``generate``'s greedy completion of ``prompt`` alone (no EOS)."""
+    with torch.no_grad():
+        out = model.generate(torch.tensor([prompt]), max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=None)
+    return list(out[0, len(prompt) :].tolist())
+
+
 def test_greedy_equals_hf_generate(model: torch.nn.Module, engine: Engine, collected: Collected) -> None:
     (ours,) = run(engine, collected, [SequenceRequest(prompt_ids=PROMPT, params=GREEDY, seed=0)])
-    with torch.no_grad():
-        out = model.generate(torch.tensor([PROMPT]), max_new_tokens=24, do_sample=False, eos_token_id=None)
-    assert ours == out[0, len(PROMPT) :].tolist()
+    assert ours == hf_greedy(model, PROMPT, 24)
+
+
+def test_greedy_batch_on_the_default_model_equals_hf_generate_per_prompt(collected: Collected) -> None:
+    # The benchmark's model and prompt shape: sequences share a prefix (prefilled once), differ in length,
+    # and outnumber the slots, so rows join and leave the batch while others decode.
+    model = build_model("", seed=0)
+    arch = read_arch(model)
+    prompts = [list(f"Compute {i * 7 % 97} + {i * 13 % 89} - {i % 10}.".encode()) for i in range(10)]
+    lengths = [8 + 6 * (i % 4) for i in range(10)]
+    eng = Engine(
+        arch,
+        prepare_weights(arch, model.state_dict()),
+        CharTokenizer(eos_id=-1),
+        max_batch_size=6,
+        limits=LIMITS,
+        on_events=collected,
+    )
+    try:
+        requests = [
+            SequenceRequest(prompt_ids=p, params=SamplingParams(temperature=0.0, max_new_tokens=n), seed=0)
+            for p, n in zip(prompts, lengths, strict=True)
+        ]
+        ours = run(eng, collected, requests)
+    finally:
+        eng.close()
+    for prompt, n, completion in zip(prompts, lengths, ours, strict=True):
+        assert completion == hf_greedy(model, prompt, n)
 
 
 def test_logprobs_and_versions_are_recorded_per_token(

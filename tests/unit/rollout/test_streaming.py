@@ -80,6 +80,30 @@ def shifted(model: torch.nn.Module, arch: Arch, scale: float) -> Weights:
     )
 
 
+def hold_after_finishing(generation: Generation, num_finished: int) -> None:
+    """Pause the engine right after the step in which ``num_finished`` samples have finished (once).
+
+    A round with completion ratio alpha closes there; without the hold a fast engine may finish every
+    carried sample while the round closes and the test swaps weights, leaving nothing to continue.
+    """
+    engine = generation.engine
+    held: list[object] = []
+
+    def observe(start: float, end: float, batch: int) -> None:
+        if not held and engine.num_samples_finished >= num_finished:
+            held.append(engine.pause())
+
+    engine.step_observer = observe
+
+
+async def swap_while_paused(generation: Generation, weights: Weights, version: int) -> None:
+    """Serve ``weights`` from the next step on (the engine held until then), then decode on."""
+    engine = generation.engine
+    await asyncio.wrap_future(engine.pause())
+    await asyncio.wrap_future(engine.swap(weights, version))
+    await asyncio.wrap_future(engine.resume())
+
+
 async def drain(w: RolloutWorker) -> None:
     """Run rounds without drawing new prompts until nothing is left running."""
     w.settings = RolloutSettings(**{**w.settings.__dict__, "num_prompts_per_round": 0})
@@ -93,10 +117,11 @@ async def test_rounds_close_at_alpha_and_partials_continue_under_newer_weights(
     feed = Feed()
     # Long, varied completions (the EOS byte is rare for a random model): most samples outlive a round.
     w = worker(generation, feed, alpha=0.25)
+    hold_after_finishing(generation, 4)
     await w.run(num_rounds=1)
     assert 4 <= len(feed.pushed) < 16 and w.num_carried == 16 - len(feed.pushed)
     assert all(s.spans == [[0, len(s.completion_ids), 1]] for s in feed.pushed)
-    await asyncio.wrap_future(generation.engine.swap(shifted(model, arch, 0.02), 2))
+    await swap_while_paused(generation, shifted(model, arch, 0.02), 2)
     await drain(w)
     assert w.counters.num_partials_continued > 0 and w.counters.num_partials_restarted == 0
     spanning = [s for s in feed.pushed if len(s.spans) == 2]
@@ -116,10 +141,11 @@ async def test_partials_older_than_eta_restart_from_their_prompt(
 ) -> None:
     feed = Feed()
     w = worker(generation, feed, alpha=0.25, eta=0)
+    hold_after_finishing(generation, 4)
     await w.run(num_rounds=1)
     carried = w.num_carried
     assert carried > 0
-    await asyncio.wrap_future(generation.engine.swap(shifted(model, arch, 0.02), 2))
+    await swap_while_paused(generation, shifted(model, arch, 0.02), 2)
     await drain(w)
     # (One may finish in the steps between the swap and the next round; the rest restart.)
     restarted = w.counters.num_partials_restarted
@@ -151,6 +177,7 @@ async def test_preempted_partials_continue_from_their_tokens(generation: Generat
     # Take the carried samples out of the engine (as a paused loop would) and continue them by prefill.
     engine = generation.engine
     await asyncio.wrap_future(engine.pause())
+    assert w._call is not None
     taken = await w._call.preempt_running()
     await asyncio.wrap_future(engine.resume())
     from services.rollout.streaming import _partial, _Pending

@@ -7,6 +7,7 @@ reader's interface; the integration tests use the real hub.
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 import torch
@@ -15,10 +16,10 @@ from services.common.errors import DataLoss, FailedPrecondition
 from services.rollout.decoder import Arch, Weights
 from services.rollout.engine import Engine, SamplingParams, SequenceRequest
 from services.rollout.generation import EventRouter, Generation
-from services.rollout.model import CharTokenizer
+from services.rollout.model import CharTokenizer, build_model
 from services.rollout.weights import MemoryWeightSource, WeightUpdater
 from tests.support import assert_eventually
-from tests.unit.rollout.conftest import LIMITS
+from tests.unit.rollout.conftest import LIMITS, SMALL
 
 PROMPT = list(b"Compute 1 + 2.")
 
@@ -61,6 +62,15 @@ async def test_update_swaps_in_the_new_version(model: torch.nn.Module, arch: Arc
     assert result.served_version == 1 and updater.served_version == 1 and result.stall_s < result.fetch_s
     after, spans = await greedy(generation)
     assert spans == [[0, 12, 1]] and after != before
+    # The swapped-in layout (fused, transposed, norms folded) is rebuilt from the new tensors: greedy
+    # decoding follows the new model exactly.
+    state = perturbed(model, 0.5)
+    state["lm_head.weight"] = state["model.embed_tokens.weight"]  # tied: the decode path reads the embedding
+    new_model: Any = build_model(SMALL, seed=3)
+    new_model.load_state_dict(state)
+    with torch.no_grad():
+        expected = new_model.generate(torch.tensor([PROMPT]), max_new_tokens=12, do_sample=False, eos_token_id=None)
+    assert after == expected[0, len(PROMPT) :].tolist()
     # Serving version 1 again is a no-op.
     assert (await updater.update(1)).fetch_s == 0.0
     await updater.detach()
