@@ -299,6 +299,16 @@ class Decoder:
         # Row j holds a one in column swap(j): x @ (S * sin) is swap_halves(x) * sin.
         self._swap_halves = torch.eye(arch.head_dim)[swapped]
 
+    def flops(self, tokens: int, context: int) -> int:
+        """Multiply-adds x 2 of running ``tokens`` tokens that each attend over ``context`` positions:
+        the size by which the engine decides whether a step is worth torch's intra-op pool."""
+        a = self.arch
+        matrices = a.num_layers * (
+            a.hidden_size * (2 * self._q + 2 * self._kv) + 3 * a.hidden_size * a.intermediate_size
+        )
+        attention = a.num_layers * 2 * self._q * context
+        return 2 * tokens * (matrices + attention + a.hidden_size * a.vocab_size)
+
     def prefill(self, w: Weights, token_ids: list[int], slot: int) -> None:
         """Write the keys and values of ``token_ids`` (positions 0..T-1) into ``slot``."""
         self.prefill_many(w, [token_ids], [slot])

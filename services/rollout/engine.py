@@ -32,6 +32,17 @@ from services.rollout.model import Tokenizer
 
 logger = logging.getLogger(__name__)
 
+POOL_MIN_FLOPS = 4_000_000_000
+"""Work (``Decoder.flops``) from which a decode step or a prefill runs on torch's intra-op thread pool;
+smaller ones run on the engine thread alone.
+
+A parallel region ends at a barrier that waits for every pool thread. Each matmul, softmax and bmm of a
+small step is a few microseconds of arithmetic, so with two threads a step becomes some 37 barriers; on a
+shared machine each waits for a descheduled thread's turn (a scheduler slice, milliseconds). Measured at
+load 5-28 on 2 cores: a batch-32 step of the default model 1.9 ms on one thread, 29 ms on two; a hidden-512,
+8-layer model at batch 64 (3.2 GFLOP a step) still 10x slower on two. The threshold keeps the pool for work
+that amortises its barriers even then (a 4096-token prefill of the default model, SmolLM2-135M decode from
+batch 16 up)."""
 FINISH_STOP = "stop"
 FINISH_LENGTH = "length"
 
@@ -254,6 +265,8 @@ class Engine:
         self.last_swap_stall_s = 0.0
         self.step_observer: Callable[[float, float, int], None] | None = None
         """Called after each decode step with (start, end, tokens); benchmarks use it."""
+        self._pool_threads = 1
+        """The engine thread's intra-op threads outside small steps; set when the thread starts."""
         self._thread = threading.Thread(target=self._run, name="rollout-engine", daemon=True)
         self._thread.start()
 
@@ -350,6 +363,8 @@ class Engine:
     def _run(self) -> None:
         self._started = time.perf_counter()
         torch.set_grad_enabled(False)
+        # This thread's intra-op pool as torch set it up for it (the process-wide default at its start).
+        self._pool_threads = torch.get_num_threads()
         try:
             while not self._closed:
                 events = self._drain_commands()
@@ -470,10 +485,31 @@ class Engine:
                 slots.append(slot)
             s.cache_len = len(context)
             self._active.append(s)
-        self.decoder.prefill_many(self._weights, contexts, slots)
-        for src, dst, length in shared:  # the n samples of one prompt share its prefill
-            self.cache.copy_slot(src, dst, length)
+        work = self.decoder.flops(sum(len(c) for c in contexts), max((len(c) for c in contexts), default=0))
+        threads = self._threads_for(work)
+        try:
+            self.decoder.prefill_many(self._weights, contexts, slots)
+            for src, dst, length in shared:  # the n samples of one prompt share its prefill
+                self.cache.copy_slot(src, dst, length)
+        finally:
+            self._restore_threads(threads)
         self._batch = None
+
+    def _threads_for(self, work: int) -> int:
+        """Set this thread's intra-op threads for ``work`` FLOPs (see ``POOL_MIN_FLOPS``); returns the count.
+
+        ``torch.set_num_threads`` sets the calling thread's OpenMP and MKL thread counts, which is what this
+        thread's ops use, but also the default that threads touching torch for the first time start with:
+        it is changed only for the length of one step and restored by ``_restore_threads``.
+        """
+        threads = self._pool_threads if work >= POOL_MIN_FLOPS else 1
+        if threads != self._pool_threads:
+            torch.set_num_threads(threads)
+        return threads
+
+    def _restore_threads(self, threads: int) -> None:
+        if threads != self._pool_threads:
+            torch.set_num_threads(self._pool_threads)
 
     def _step_inputs(self) -> _StepInputs:
         """Tensors of the active batch, rebuilt only when its membership changed."""
@@ -503,9 +539,13 @@ class Engine:
         active = self._active
         b = len(active)
         inputs = self._step_inputs()
-        logits = self.decoder.step(self._weights, inputs.tokens, inputs.positions, inputs.max_len)
         batch = inputs.sampler
-        new_tokens, new_logprobs = sample(logits, batch)
+        threads = self._threads_for(self.decoder.flops(b, inputs.max_len))
+        try:
+            logits = self.decoder.step(self._weights, inputs.tokens, inputs.positions, inputs.max_len)
+            new_tokens, new_logprobs = sample(logits, batch)
+        finally:
+            self._restore_threads(threads)
         version = self.version
         events: list[Event] = []
         finished: set[int] = set()

@@ -161,3 +161,24 @@ def test_sampler_noise_depends_only_on_key_and_position() -> None:
     alone.counters = torch.tensor([3])
     single, _ = sample(logits[3:4], alone)
     assert single.item() == a[3].item()
+
+
+def test_flops_count_every_matrix_and_the_attention_over_the_context() -> None:
+    config = {
+        "hidden_size": 64,
+        "intermediate_size": 96,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 64,
+        "tie_word_embeddings": False,
+    }
+    model = build_model(json.dumps(config), seed=1)
+    arch = read_arch(model)
+    dec = Decoder(arch, KVCache(arch, 1, 32))
+    # One token with no context multiplies by every Linear weight (projections, MLP, untied LM head) once.
+    weights = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    assert dec.flops(1, 0) == 2 * weights
+    # Each layer's scores and weighted values: a multiply-add per query feature and context position, twice.
+    assert dec.flops(1, 10) - dec.flops(1, 0) == 2 * 2 * 2 * 64 * 10
+    assert dec.flops(8, 10) == 8 * dec.flops(1, 10)

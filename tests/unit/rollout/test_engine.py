@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from services.common.errors import InvalidArgument
+from services.rollout import engine as engine_module
 from services.rollout.decoder import Arch, Weights, prepare_weights, read_arch
 from services.rollout.engine import Engine, Event, Limits, Partial, SamplingParams, SequenceRequest, check_sampling
 from services.rollout.model import CharTokenizer, build_model
@@ -250,3 +251,48 @@ def test_requests_out_of_range_are_refused(engine: Engine) -> None:
         engine.check_prompt([65] * 250, 10)
     with pytest.raises(InvalidArgument, match="token ids"):
         engine.check_prompt([65, 300], 10)
+
+
+@pytest.mark.parametrize("big", [False, True])
+def test_small_steps_run_on_the_engine_thread_alone_and_big_ones_on_the_pool(
+    model: torch.nn.Module,
+    arch: Arch,
+    weights: Weights,
+    collected: Collected,
+    monkeypatch: pytest.MonkeyPatch,
+    big: bool,
+) -> None:
+    if big:
+        monkeypatch.setattr(engine_module, "POOL_MIN_FLOPS", 0)
+    mine = Collected()
+    outside = torch.get_num_threads()
+    torch.set_num_threads(2)  # the default engine threads start with
+    seen: dict[str, set[int]] = {"prefill": set(), "step": set(), "between": set()}
+    try:
+        eng = Engine(arch, weights, CharTokenizer(), max_batch_size=4, limits=LIMITS, on_events=mine)
+        real_step, real_prefill = eng.decoder.step, eng.decoder.prefill_many
+
+        def step(*args: Any) -> torch.Tensor:
+            seen["step"].add(torch.get_num_threads())
+            return real_step(*args)
+
+        def prefill_many(*args: Any) -> None:
+            seen["prefill"].add(torch.get_num_threads())
+            real_prefill(*args)
+
+        monkeypatch.setattr(eng.decoder, "step", step)
+        monkeypatch.setattr(eng.decoder, "prefill_many", prefill_many)
+        eng.step_observer = lambda start, end, b: seen["between"].add(torch.get_num_threads())
+        try:
+            requests = [SequenceRequest(prompt_ids=PROMPT[: 8 + i], params=GREEDY, seed=0) for i in range(3)]
+            ours = run(eng, mine, requests)
+        finally:
+            eng.close()
+        assert torch.get_num_threads() == 2  # this thread's count is its own
+    finally:
+        torch.set_num_threads(outside)
+    want = 2 if big else 1
+    assert seen["step"] == {want} and seen["prefill"] == {want}
+    assert seen["between"] == {2}  # restored after every step
+    # Whichever thread count ran them, the batch gives each prompt's greedy tokens from HF generate.
+    assert ours == [hf_greedy(model, r.prompt_ids, GREEDY.max_new_tokens) for r in requests]
