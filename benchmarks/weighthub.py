@@ -6,7 +6,9 @@ float32 tensors (256 MiB; 64 MiB with ``--quick``):
 - ``hub``: the trainer publishes through a ``Publisher`` (one read slot for readers on other
   hosts, so that its NIC sends one copy; readers on its host copy out of its shared memory
   themselves, which costs it no copy, so the hub gives it ``shm_max_concurrent_reads`` = 8 slots
-  for them); each reader process runs a ``Reader`` that watches and fetches. The hub spreads the
+  for them); each reader process runs a ``Reader`` that watches and fetches; the hub plans each
+  reader's first read as the version commits and sends it with the announcement (no GetPlan
+  round trip before the first byte; later plans are asked for as reads run). The hub spreads the
   trainer's chunks over the readers that held the previous version when the trainer can serve
   them at once (each starts on its own slice; over the one NIC slot one reader streams them all),
   and names a reader as the source of chunks it is still fetching from a holder that has them
@@ -584,9 +586,10 @@ def simulator_check(figures: dict[str, Any], size_bytes: int) -> dict[str, Any]:
     """The simulator's predictions of part (a) on this machine, and their errors.
 
     The simulator models bytes moving through CPU copies, hashes and sockets on the host's cores,
-    and the control plane as it is built: every hub RPC (a reader hearing of the version, each
-    plan's answer, each progress report that makes chunks servable to others, the ReportHeld that
-    ends a fetch, the trainer's Publish) takes one measured hub round trip of the hub's single
+    and the control plane as it is built: every hub RPC (a reader hearing of the version, with its
+    first plan made in that turn of the hub's thread, each later plan's answer, each progress
+    report that makes chunks servable to others, the ReportHeld that ends a fetch, the trainer's
+    Publish) takes one measured hub round trip of the hub's single
     thread, so the RPCs of K readers queue there; every chunk read costs one measured small-read
     round trip on top of its bytes. It is told this machine's rates as measured in the same run:
     the ceilings, ``primitives`` (hash, one small read, one hub RPC, a reader's CPU time for one
@@ -614,7 +617,8 @@ def simulator_check(figures: dict[str, Any], size_bytes: int) -> dict[str, Any]:
     # as sources of chunks in flight), plans of at most 16 chunks held open by the hub while every
     # source is busy (no polling) and asked for as soon as the last one is answered, the publisher's
     # chunks spread over the readers, shared-memory copies not hashed, the hub's shared-memory
-    # fan-out (WeightHubConfig.shm_max_concurrent_reads).
+    # fan-out (WeightHubConfig.shm_max_concurrent_reads); each reader's first plan comes with the
+    # version's announcement.
     options = sim.HubOptions(
         partial_holders=True,
         publisher_max_concurrent_reads=1,
@@ -630,6 +634,7 @@ def simulator_check(figures: dict[str, Any], size_bytes: int) -> dict[str, Any]:
         shm_max_concurrent_reads=WeightHubConfig.shm_max_concurrent_reads,
         hash_shm_reads=False,
         fetch_cpu_s=prim["fetch_cpu_s"],
+        plan_with_announcement=True,
     )
     points: dict[str, Any] = {}
     errors = []

@@ -747,6 +747,9 @@ class Reader:
         self._reader: TensorReader | None = None
         self._announced: dict[int, common_pb2.Manifest] = {}
         """Manifests of the newest versions the watch announced (a fetch of one asks no GetManifest)."""
+        self._announced_plans: dict[int, pb.GetPlanResponse] = {}
+        """First plans the watch brought with its announcements, not yet used by a fetch."""
+        self._released: set[asyncio.Task[None]] = set()
         self.last_fetch = FetchStats()
 
     @property
@@ -775,6 +778,10 @@ class Reader:
 
     async def close(self) -> None:
         """Withdraw from the hub, stop serving and reading."""
+        # Unused plans given back: the withdrawal releases every lease anyway.
+        for task in list(self._released):
+            task.cancel()
+        await asyncio.gather(*self._released, return_exceptions=True)
         await self._membership.close()
         if self._reader is not None:
             await self._reader.close()
@@ -792,14 +799,24 @@ class Reader:
         return max((v.version for v in reply.versions), default=0)
 
     async def watch(self) -> AsyncIterator[int]:
-        """Committed versions as they appear (the latest first); survives hub restarts."""
+        """Committed versions as they appear (the latest first); survives hub restarts.
+
+        The hub sends each announcement with this reader's first plan of the version (made as it
+        commits, while this reader is idle), so that a :meth:`fetch` of it starts reading at once.
+        A version announced and not fetched before the next announcement gives its plan back."""
         assert self._client is not None, "Reader.start() first"
         last = 0
         delay_s = 0.05
         while True:
             try:
                 async for reply in self._client.watch_versions(
-                    pb.WatchVersionsRequest(model=self.model, after_version=last, include_manifest=True)
+                    pb.WatchVersionsRequest(
+                        model=self.model,
+                        after_version=last,
+                        include_manifest=True,
+                        plan_reader_id=self.holder_id,
+                        plan_max_chunks=self._max_chunks_per_plan,
+                    )
                 ):
                     delay_s = 0.05
                     if reply.version_info.version > last:
@@ -808,6 +825,10 @@ class Reader:
                             self._announced[last] = reply.manifest
                             for old in sorted(self._announced)[:-_NUM_ANNOUNCED]:
                                 del self._announced[old]
+                        for old in [v for v in self._announced_plans if v < last]:
+                            self._give_back_plan(old)
+                        if reply.HasField("plan") and reply.plan.version == last:
+                            self._announced_plans[last] = reply.plan
                         yield last
             except RPCError as exc:
                 if exc.code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
@@ -815,6 +836,15 @@ class Reader:
                 logger.info("version watch interrupted (%s); reconnecting in %.2f s", exc.code.name, delay_s)
             await asyncio.sleep(delay_s)  # back off before re-subscribing to a restarting hub
             delay_s = min(delay_s * 2, 2.0)
+
+    def _give_back_plan(self, version: int) -> None:
+        """Release the read leases of an announced plan that no fetch used (in the background)."""
+        del self._announced_plans[version]
+        if version in self._held or self._client is None:
+            return  # fetched already by other means: its ReportHeld released them
+        task = asyncio.create_task(self._report_withdrawn(version))
+        self._released.add(task)
+        task.add_done_callback(self._released.discard)
 
     async def fetch(self, version: int = 0, into: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """Fetch ``version`` (0: the latest), verified, into ``into`` (or buffers of its own); then
@@ -834,6 +864,7 @@ class Reader:
             reply = await self._client.get_manifest(pb.GetManifestRequest(model=self.model, version=version))
             manifest = reply.manifest
         version = int(manifest.version)
+        first_plan = self._announced_plans.pop(version, None)
         if version in self._held and into is None:
             return dict(self._held[version].tensors)
         expected = root_hash(
@@ -889,7 +920,11 @@ class Reader:
                     )
                     registered.append(meta.name)
                 progress.add_chunks(c.index for c in manifest.chunks if c.index not in changed_set)
-            await self._read_chunks(manifest, metas, destinations, changed, base or 0, stats, progress, early)
+            if not early:
+                first_plan = None  # planned to be served in flight, and this copy is not served
+            await self._read_chunks(
+                manifest, metas, destinations, changed, base or 0, stats, progress, early, first_plan
+            )
             await progress.close()
         except BaseException:
             await progress.close()
@@ -1002,12 +1037,14 @@ class Reader:
         stats: FetchStats,
         progress: _Progress,
         serve_in_flight: bool,
+        first_plan: pb.GetPlanResponse | None = None,
     ) -> None:
         """Read ``changed`` chunks as the hub plans them, pipelined: while reads run, the next plan
         is asked for (the hub holds it open until a source is free), and each read's chunks are
         reported as they verify. With ``serve_in_flight`` (the destinations are served, each chunk
         as it lands) the hub may name this reader as a source of chunks it is still reading. What a
-        failed source left is planned again from other holders."""
+        failed source left is planned again from other holders. ``first_plan`` (the one announced
+        with the version) is read first; of it only chunks in ``changed`` (the rest are here)."""
         assert self._client is not None
         missing = set(changed)
         in_flight: set[int] = set()
@@ -1015,7 +1052,27 @@ class Reader:
         reads_per_holder = progress.reads_per_holder
         plan_task: asyncio.Task[pb.GetPlanResponse] | None = None
         deadline = time.monotonic() + self._fetch_timeout_s
+
+        def start(plan: pb.GetPlanResponse) -> None:
+            stats.num_plans += 1
+            for read in plan.reads:
+                chunks = set(read.chunk_indices) & missing
+                if not chunks:
+                    continue
+                if len(chunks) < len(read.chunk_indices):
+                    read = pb.SourceRead(
+                        holder_id=read.holder_id, offer=read.offer, locality=read.locality, chunk_indices=sorted(chunks)
+                    )
+                in_flight.update(chunks)
+                reads_per_holder[read.holder_id] = reads_per_holder.get(read.holder_id, 0) + 1
+                read_task = asyncio.create_task(
+                    self._read_source(manifest, metas, destinations, read, stats, progress, serve_in_flight)
+                )
+                reads[read_task] = (read.holder_id, chunks)
+
         try:
+            if first_plan is not None:
+                start(first_plan)
             while missing:
                 left_s = deadline - time.monotonic()
                 if left_s <= 0:
@@ -1055,15 +1112,7 @@ class Reader:
                             if exc.code != grpc.StatusCode.RESOURCE_EXHAUSTED:
                                 raise
                             continue  # the hub already waited max_wait_s for a source: ask again
-                        stats.num_plans += 1
-                        for read in plan.reads:
-                            chunks = set(read.chunk_indices)
-                            in_flight |= chunks
-                            reads_per_holder[read.holder_id] = reads_per_holder.get(read.holder_id, 0) + 1
-                            read_task = asyncio.create_task(
-                                self._read_source(manifest, metas, destinations, read, stats, progress, serve_in_flight)
-                            )
-                            reads[read_task] = (read.holder_id, chunks)
+                        start(plan)
                         continue
                     holder_id, chunks = reads.pop(task)
                     verified = task.result()

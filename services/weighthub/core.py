@@ -59,6 +59,9 @@ _WAKE_CHAIN_FAILURES = 2
 """Held plans woken in a row that find every source still busy before waking stops until the next change."""
 _SEP = "|"
 _MAX_ANSWERS_IN_MEMORY = 10_000
+_SOFT_WRITE_DELAY_S = 0.005
+"""Longest soft state (read leases, a partial holder's chunks) waits for Redis, so that the plans
+and reports of a burst share one MULTI/EXEC round trip; a durable change flushes at once."""
 """Answers to request ids kept in memory for retries (Redis keeps them all, for ``request_ttl_s``)."""
 
 
@@ -160,10 +163,14 @@ class _Batch:
         self.commands: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
         self.written: asyncio.Future[None] | None = None
         """Done once Redis has the commands (set when the batch joins the writer's queue)."""
+        self.flush: asyncio.Event | None = None
+        """The writer's signal to write what is queued now (set with ``written``)."""
 
     async def durable(self) -> None:
         """Wait until Redis has the commands (outside the model's lock: others need not wait too)."""
         if self.written is not None:
+            if self.flush is not None:
+                self.flush.set()  # someone waits: no reason to wait for more writes to join
             await asyncio.shield(self.written)
 
     def __getattr__(self, name: str) -> Callable[..., None]:
@@ -219,6 +226,8 @@ class WeightHub:
         self._backlog: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
         self._backlog_done: asyncio.Future[None] | None = None
         self._writer: asyncio.Task[None] | None = None
+        self._flush = asyncio.Event()
+        """Set when the backlog holds a durable change (someone waits for it): write it now."""
 
     def _notify(self, model: str | None) -> None:
         """A source of ``model`` (of every model when None) may have freed up: wake a held plan."""
@@ -252,14 +261,20 @@ class WeightHub:
         if self._backlog_done is None:
             self._backlog_done = asyncio.get_running_loop().create_future()
         batch.written = self._backlog_done
+        batch.flush = self._flush
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write_backlog(), name="weighthub-redis-writer")
         if durable:
             await batch.durable()
 
     async def _write_backlog(self) -> None:
-        """Run queued writes in order, each batch that accumulated meanwhile in one MULTI/EXEC."""
+        """Run queued writes in order, each batch that accumulated meanwhile in one MULTI/EXEC.
+        Soft state alone waits up to ``_SOFT_WRITE_DELAY_S`` for more to join it."""
         while self._backlog:
+            if not self._flush.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._flush.wait(), _SOFT_WRITE_DELAY_S)
+            self._flush.clear()
             commands, self._backlog = self._backlog, []
             done, self._backlog_done = self._backlog_done, None
             assert done is not None
@@ -814,6 +829,40 @@ class WeightHub:
         data["reads"] = [SourceReadOut(**r) for r in data["reads"]]
         return PlanResult(**data)
 
+    async def first_plan(self, *, reader_id: str, model: str, version: int, max_chunks: int) -> PlanResult | None:
+        """The first plan of ``version`` for a reader that is told of it (WatchVersions'
+        ``plan_reader_id``): a delta against the newest version the hub records it holding whole,
+        partial and served in flight, as the reader's own first GetPlan would ask. None when the
+        reader is busy (still reading another version: a plan now would take read leases and name
+        it a source of chunks it will not fetch for a while), unregistered, or nothing is free."""
+        if await self._holder(reader_id) is None:
+            return None
+        if any(state.fetching.get(reader_id) for (m, _), state in self._states.items() if m == model):
+            return None
+        if any(key.split(_SEP)[1] == model for key in await self._reading_of(reader_id)):
+            return None
+        held = [v for m, v in await self._held(reader_id) if m == model and v < version]
+        held_version = 0
+        for candidate in sorted(held, reverse=True):
+            if (await self._state(model, candidate)).holders.get(reader_id) == WHOLE_VERSION:
+                held_version = candidate
+                break
+        try:
+            return await self.get_plan(
+                request_id=_SEP.join(["announced", reader_id, model, str(version)]),
+                reader_id=reader_id,
+                model=model,
+                version=version,
+                held_version=held_version,
+                chunk_indices=(),
+                allow_partial=True,
+                max_chunks=max_chunks,
+                serve_in_flight=True,
+            )
+        except (ResourceExhausted, FailedPrecondition, NotFound) as exc:
+            logger.debug("no first plan of %s v%d for %s: %s", model, version, reader_id, exc)
+            return None
+
     async def _plan(
         self,
         reader_id: str,
@@ -1170,6 +1219,7 @@ class WeightHub:
         """Wake watchers so streams end promptly; write what is queued."""
         for event in self._commits.values():
             event.set()
+        self._flush.set()
         if self._writer is not None:
             with contextlib.suppress(Exception):
                 await self._writer

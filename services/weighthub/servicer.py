@@ -12,7 +12,7 @@ from seedstack.weighthub.v1 import weighthub_pb2 as pb
 from seedstack.weighthub.v1 import weighthub_pb2_grpc
 
 from services.common.errors import NotFound
-from services.weighthub.core import VersionInfo, WeightHub
+from services.weighthub.core import PlanResult, VersionInfo, WeightHub
 from services.weighthub.planner import Topology
 from services.weighthub.versions import Chunk, Manifest, Tensor
 
@@ -74,6 +74,26 @@ def manifest_to_proto(manifest: Manifest) -> common_pb2.Manifest:
         ],
         root_hash=manifest.root_hash,
         chunk_size_bytes=manifest.chunk_size_bytes,
+    )
+
+
+def plan_to_proto(plan: PlanResult) -> pb.GetPlanResponse:
+    """GetPlanResponse message of the domain plan."""
+    return pb.GetPlanResponse(
+        model=plan.model,
+        version=plan.version,
+        base_version=plan.base_version,
+        reads=[
+            pb.SourceRead(
+                holder_id=r.holder_id,
+                offer=common_pb2.TransportOffer(carrier=r.carrier, address=r.address),
+                locality=r.locality,  # type: ignore[arg-type]
+                chunk_indices=r.chunk_indices,
+            )
+            for r in plan.reads
+        ],
+        planned_size_bytes=plan.planned_size_bytes,
+        deferred_chunk_indices=plan.deferred_chunk_indices,
     )
 
 
@@ -163,22 +183,7 @@ class WeightHubServicer(weighthub_pb2_grpc.WeightHubServicer):
             max_chunks=request.max_chunks,
             serve_in_flight=request.serve_in_flight,
         )
-        return pb.GetPlanResponse(
-            model=plan.model,
-            version=plan.version,
-            base_version=plan.base_version,
-            reads=[
-                pb.SourceRead(
-                    holder_id=r.holder_id,
-                    offer=common_pb2.TransportOffer(carrier=r.carrier, address=r.address),
-                    locality=r.locality,  # type: ignore[arg-type]
-                    chunk_indices=r.chunk_indices,
-                )
-                for r in plan.reads
-            ],
-            planned_size_bytes=plan.planned_size_bytes,
-            deferred_chunk_indices=plan.deferred_chunk_indices,
-        )
+        return plan_to_proto(plan)
 
     async def ReportHeld(self, request: pb.ReportHeldRequest, context: Any) -> pb.ReportHeldResponse:
         active = await self.hub.report_held(
@@ -236,7 +241,16 @@ class WeightHubServicer(weighthub_pb2_grpc.WeightHubServicer):
             if request.include_manifest:
                 with contextlib.suppress(NotFound):  # retired since: the reader asks GetManifest and learns why
                     manifest = manifest_to_proto(await self.hub.get_manifest(model=info.model, version=info.version))
-            yield pb.WatchVersionsResponse(version_info=version_info_to_proto(info), manifest=manifest)
+            plan = None
+            if request.plan_reader_id:
+                first = await self.hub.first_plan(
+                    reader_id=request.plan_reader_id,
+                    model=info.model,
+                    version=info.version,
+                    max_chunks=request.plan_max_chunks,
+                )
+                plan = plan_to_proto(first) if first is not None else None
+            yield pb.WatchVersionsResponse(version_info=version_info_to_proto(info), manifest=manifest, plan=plan)
 
     async def ListVersions(self, request: pb.ListVersionsRequest, context: Any) -> pb.ListVersionsResponse:
         infos = await self.hub.list_versions(model=request.model)

@@ -333,6 +333,10 @@ class HubOptions:
     ReportHeld that ends a fetch) takes ``control_s`` of that thread (and of the host's cores, where
     they are modelled), so RPCs of many readers queue. False: a plan's answer and an announcement
     cost ``control_s`` of latency, progress is seen at once and nothing queues."""
+    plan_with_announcement: bool = False
+    """With ``hub_queue``: the hub plans each reader's first read as it announces the version (the
+    watch carries the plan, in the announcement's turn on the hub's thread), so the reader starts
+    reading after its fetch's CPU without a plan round trip; False: it asks for a plan first."""
 
 
 @dataclass
@@ -482,7 +486,7 @@ def simulate_hub(
 
         sim.at(0.0, wake)
 
-    def plan(reader_id: str) -> bool:
+    def plan(reader_id: str, announced: bool = False) -> bool:
         wanted = sorted(missing[reader_id] - in_flight[reader_id])
         if not wanted:
             return True
@@ -532,7 +536,10 @@ def simulate_hub(
                 if options.pipelined_plans:
                     ask_again(reader_id)
 
-            rpc(start_reads)
+            if announced:
+                begin_fetch(reader_id, start_reads)
+            else:
+                rpc(start_reads)
         else:
             for read in result.reads:
                 _read_source(reader_id, read.holder_id, list(read.chunk_indices))
@@ -625,14 +632,28 @@ def simulate_hub(
 
     starts = reader_start_s or {}
 
-    def begin_fetch(reader_id: str) -> None:
+    def begin_fetch(reader_id: str, then: Callable[[], object] | None = None) -> None:
+        """The reader's CPU for a fetch besides the bytes, then ``then`` (by default: ask for a plan)."""
+        after = then if then is not None else functools.partial(plan, reader_id)
         if options.fetch_cpu_s > 0 and "cpu" in capacities:
-            sim.start(options.fetch_cpu_s, {"cpu": 1.0}, lambda: plan(reader_id), cap_bytes_per_s=1.0)
+            sim.start(options.fetch_cpu_s, {"cpu": 1.0}, after, cap_bytes_per_s=1.0)
         else:
-            plan(reader_id)
+            after()
+
+    def announced(reader_id: str) -> None:
+        """The announcement carries the first plan: planned now; the reads start after the
+        reader's CPU. Nothing free now: the reader asks as usual, after that CPU."""
+        if not plan(reader_id, announced=True) and reader_id in waiting:
+            waiting.remove(reader_id)
+            begin_fetch(reader_id)
 
     for reader_id in readers:
-        if options.hub_queue:
+        if options.hub_queue and options.plan_with_announcement:
+            sim.at(
+                options.publish_s + starts.get(reader_id, 0.0),
+                functools.partial(rpc, functools.partial(announced, reader_id)),
+            )
+        elif options.hub_queue:
             # The commit's announcement reaches each reader through the hub's thread.
             sim.at(
                 options.publish_s + starts.get(reader_id, 0.0),

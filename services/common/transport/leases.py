@@ -10,7 +10,10 @@ drain.
 A tensor may be registered before all of its chunks are in it (a reader that serves what it fetched
 while it still fetches the rest): its *pending* chunks are not served until :meth:`LeaseTable.mark_ready`
 says they arrived (verified). A read of a pending chunk waits for it, up to a bound the carrier
-server passes (0: refused at once with :class:`HolderBusy`).
+server passes (0: refused at once with :class:`HolderBusy`). Under the same bound, a read of a name
+not registered yet waits briefly (``UNKNOWN_WAIT_S``) for it: a planner may name a reader as the
+source of a version it is told of at the same moment as its peers, a few milliseconds before the
+reader registers its buffers.
 
 Carrier servers run in threads (and the UCX one on its own event loop), so the table is guarded by
 one ``threading.Condition``; every wait on it has a timeout.
@@ -33,6 +36,8 @@ from services.common.transport.meta import ByteRange, TensorMeta
 # CUDA tensor's pinned staging buffer stays modest.
 _MAX_PIECE_BYTES = 64 << 20
 _CUDA_STAGING_BYTES = 8 << 20
+UNKNOWN_WAIT_S = 0.5
+"""Longest a waiting read (``wait_s`` > 0) waits for its tensor's name to be registered."""
 
 
 @dataclass(eq=False)
@@ -133,6 +138,7 @@ class LeaseTable:
                     "it or unregister() it first"
                 )
             self._entries[entry.meta.name] = entry
+            self._cond.notify_all()  # reads waiting for the name
 
     def get(self, name: str) -> Entry:
         """The entry of ``name``; :class:`UnknownTensor` if there is none."""
@@ -171,12 +177,18 @@ class LeaseTable:
     ) -> ReadLease:
         """Take a read lease, or raise the typed reason why not. Waits only for pending chunks of the
         ranges to arrive, up to ``wait_s`` (then :class:`HolderBusy`)."""
-        deadline = time.monotonic() + wait_s
+        started = time.monotonic()
+        deadline = started + wait_s
+        unknown_deadline = started + min(wait_s, UNKNOWN_WAIT_S)
         with self._cond:
             while True:
                 entry = self._entries.get(name)
                 if entry is None:
-                    raise UnknownTensor(f"no tensor named {name!r} at this holder", name=name)
+                    remaining = unknown_deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise UnknownTensor(f"no tensor named {name!r} at this holder", name=name)
+                    self._cond.wait(remaining)
+                    continue
                 if entry.writing:
                     raise HolderBusy(
                         f"tensor {name!r} is being overwritten at this holder; read it elsewhere", name=name

@@ -125,3 +125,26 @@ async def test_verify_false_skips_the_hash_of_a_shared_memory_copy_but_never_ove
         result = await local.read(ref, copied, carrier="shm", verify=False)
         assert result.chunks == tuple(range(NUM_CHUNKS))
         assert torch.equal(copied, buffer)
+
+
+@pytest.mark.parametrize("carrier", ["tcp", "shm"])
+async def test_a_read_of_a_name_registered_moments_later_waits_for_it(holder: TensorHolder, carrier: str) -> None:
+    # A planner may name a holder for a tensor a few milliseconds before the holder registers it.
+    content = _content()
+    meta = compute_meta("w", content, chunk_size_bytes=CHUNK)
+    buffer = holder.allocate(tuple(content.shape), torch.float32)
+    buffer.copy_(content)
+    ref = await holder.register("w", buffer, meta=meta)
+    await holder.unregister("w")
+    async with TensorReader(host_id=None if carrier == "shm" else "elsewhere") as reader:
+        got = torch.empty_like(content)
+        read = asyncio.create_task(reader.read(ref, got, carrier=carrier))
+        await asyncio.sleep(0.05)
+        assert not read.done()
+        await holder.register("w", buffer, meta=meta)
+        await asyncio.wait_for(read, 10)
+        assert torch.equal(got, content)
+        # A name that never comes is refused (after a short wait).
+        await holder.unregister("w")
+        with pytest.raises(TransferError, match="no tensor named"):
+            await reader.read(ref, got, carrier=carrier)

@@ -288,14 +288,18 @@ class UnpinResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class WatchVersionsRequest(_message.Message):
-    __slots__ = ("model", "after_version", "include_manifest")
+    __slots__ = ("model", "after_version", "include_manifest", "plan_reader_id", "plan_max_chunks")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     AFTER_VERSION_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_MANIFEST_FIELD_NUMBER: _ClassVar[int]
+    PLAN_READER_ID_FIELD_NUMBER: _ClassVar[int]
+    PLAN_MAX_CHUNKS_FIELD_NUMBER: _ClassVar[int]
     model: str
     after_version: int
     include_manifest: bool
-    def __init__(self, model: _Optional[str] = ..., after_version: _Optional[int] = ..., include_manifest: _Optional[bool] = ...) -> None: ...
+    plan_reader_id: str
+    plan_max_chunks: int
+    def __init__(self, model: _Optional[str] = ..., after_version: _Optional[int] = ..., include_manifest: _Optional[bool] = ..., plan_reader_id: _Optional[str] = ..., plan_max_chunks: _Optional[int] = ...) -> None: ...
 
 class VersionInfo(_message.Message):
     __slots__ = ("model", "version", "root_hash", "size_bytes", "num_chunks", "num_holders", "pinned", "committed_at")
@@ -318,12 +322,14 @@ class VersionInfo(_message.Message):
     def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., root_hash: _Optional[str] = ..., size_bytes: _Optional[int] = ..., num_chunks: _Optional[int] = ..., num_holders: _Optional[int] = ..., pinned: _Optional[bool] = ..., committed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class WatchVersionsResponse(_message.Message):
-    __slots__ = ("version_info", "manifest")
+    __slots__ = ("version_info", "manifest", "plan")
     VERSION_INFO_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_FIELD_NUMBER: _ClassVar[int]
+    PLAN_FIELD_NUMBER: _ClassVar[int]
     version_info: VersionInfo
     manifest: _common_pb2.Manifest
-    def __init__(self, version_info: _Optional[_Union[VersionInfo, _Mapping]] = ..., manifest: _Optional[_Union[_common_pb2.Manifest, _Mapping]] = ...) -> None: ...
+    plan: GetPlanResponse
+    def __init__(self, version_info: _Optional[_Union[VersionInfo, _Mapping]] = ..., manifest: _Optional[_Union[_common_pb2.Manifest, _Mapping]] = ..., plan: _Optional[_Union[GetPlanResponse, _Mapping]] = ...) -> None: ...
 
 class ListVersionsRequest(_message.Message):
     __slots__ = ("model",)
