@@ -39,6 +39,11 @@ from services.rollout.verifiers import Verifiers
 logger = logging.getLogger(__name__)
 tracer = trace.get_tracer("seedstack.rollout")
 _PROPAGATOR = TraceContextTextMapPropagator()
+REDRAW_S = 0.1
+"""Delay before asking again after the first refused draw."""
+MAX_REDRAW_S = 1.0
+"""Longest delay between refused draws: a full buffer holds at least a batch, ready for the trainer's
+next step, so a later refill costs the trainer nothing while its steps take longer than this."""
 
 
 @dataclass(frozen=True)
@@ -143,6 +148,10 @@ class RolloutWorker:
         self._pushes: set[asyncio.Task[None]] = set()
         self._call: Call | None = None
         self._first_version: dict[int, int] = {}
+        self._num_refusals = 0
+        """Draws refused in a row (the experience buffer full)."""
+        self._redraw_at = 0.0
+        """time.monotonic() before which no draw is asked for."""
         self.last_error = ""
         origin = trace.get_current_span().get_span_context()
         self._links = [Link(origin)] if origin.is_valid else []
@@ -259,15 +268,22 @@ class RolloutWorker:
         want = self.settings.num_prompts_per_round
         if want == 0:
             return []
+        wait_s = self._redraw_at - time.monotonic()
+        if wait_s > 0:
+            if self.num_carried or self.partials:
+                return []  # the buffer was full a moment ago: keep continuing partials without asking
+            await asyncio.sleep(wait_s)
         try:
             prompts, group_size = await self._next_prompts(want)
         except ResourceExhausted:
-            # The experience buffer is full: keep continuing partials; wait for pushes before drawing again.
-            if self._pushes:
-                await asyncio.wait(self._pushes, timeout=1.0)
-            elif not self.partials:
-                await asyncio.sleep(0.2)
+            # The experience buffer is full and frees only when the trainer takes a batch, while it
+            # still holds more than one: ask again after a delay that doubles with each refusal (each
+            # refused NextPrompts costs CPU on both sides) up to MAX_REDRAW_S.
+            self._num_refusals += 1
+            delay_s = min(MAX_REDRAW_S, REDRAW_S * 2 ** (self._num_refusals - 1))
+            self._redraw_at = time.monotonic() + delay_s
             return []
+        self._num_refusals = 0
         self.group_size = group_size or self.group_size or 1
         self.counters.num_prompts_drawn += len(prompts)
         return prompts

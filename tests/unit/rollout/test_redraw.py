@@ -1,0 +1,52 @@
+"""A worker whose draws the data plane refuses (the experience buffer full) asks again after a delay
+that doubles up to a cap, and asks at once again after a draw that was served."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.common.errors import ResourceExhausted
+from services.rollout import streaming
+from services.rollout.generation import Generation
+from services.rollout.streaming import MAX_REDRAW_S, REDRAW_S, PromptItem
+from tests.unit.rollout.test_streaming import GROUP, Feed, generation, worker
+
+__all__ = ["generation"]  # the fixture, used by name
+
+
+class FullThenServing(Feed):
+    """Refuses the first ``num_refusals`` draws, then hands out prompts."""
+
+    def __init__(self, num_refusals: int) -> None:
+        super().__init__()
+        self.num_refusals = num_refusals
+        self.num_draws = 0
+
+    async def next_prompts(self, num: int) -> tuple[list[PromptItem], int]:
+        self.num_draws += 1
+        if self.num_draws <= self.num_refusals:
+            raise ResourceExhausted("the experience buffer is full")
+        return await super().next_prompts(num)
+
+
+async def test_refused_draws_back_off_doubling_to_a_cap_and_reset_when_served(
+    generation: Generation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = [1000.0]
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(round(seconds, 6))
+        clock[0] += seconds
+
+    monkeypatch.setattr(streaming.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(streaming.asyncio, "sleep", sleep)
+    feed = FullThenServing(num_refusals=6)
+    w = worker(generation, feed, alpha=1.0, prompts=1)
+    w.group_size = GROUP
+    await w.run(num_rounds=7)
+    expected = [min(MAX_REDRAW_S, REDRAW_S * 2**k) for k in range(6)]
+    assert waits == [round(x, 6) for x in expected]  # one delay after each refusal
+    assert feed.num_draws == 7 and len(feed.pushed) == GROUP  # the 7th draw was served and pushed
+    await w.run(num_rounds=1)
+    assert feed.num_draws == 8 and waits == [round(x, 6) for x in expected]  # served: no delay before it
