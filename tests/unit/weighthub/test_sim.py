@@ -11,6 +11,16 @@ import pytest
 from services.weighthub import planner, sim
 from services.weighthub.planner import Topology
 
+MACHINE = sim.MachineSpec(
+    cpu_cores=2,
+    socket_bytes_per_s=2e9,
+    memcpy_bytes_per_s=10e9,
+    hash_bytes_per_s=10e9,
+    read_latency_s=1e-4,
+    rpc_s=1e-3,
+)
+"""A 2-core machine described by round rates (the tests compare predictions, not this machine's)."""
+
 
 def test_one_flow_on_one_link_takes_size_over_bandwidth() -> None:
     flows = sim.FlowSim({"link": 100.0})
@@ -105,14 +115,7 @@ def test_cluster_workloads_run_at_a_thousand_gpus_and_the_hub_wins_each() -> Non
 
 
 def test_machine_prediction_orders_socket_reads_slower_than_shared_memory() -> None:
-    machine = sim.MachineSpec(
-        cpu_cores=2,
-        socket_bytes_per_s=2e9,
-        memcpy_bytes_per_s=10e9,
-        hash_bytes_per_s=10e9,
-        read_latency_s=1e-4,
-        rpc_s=1e-3,
-    )
+    machine = MACHINE
     common = {"k": 4, "size_bytes": 64e6, "num_tensors": 16, "chunk_size_bytes": 4e6, "options": sim.HubOptions()}
     host = sim.predict_local(machine, net=False, **common)  # type: ignore[arg-type]
     net = sim.predict_local(machine, net=True, **common)  # type: ignore[arg-type]
@@ -121,14 +124,7 @@ def test_machine_prediction_orders_socket_reads_slower_than_shared_memory() -> N
 
 
 def test_measured_transport_rates_slow_the_prediction_where_they_fall_short() -> None:
-    primitives = sim.MachineSpec(
-        cpu_cores=2,
-        socket_bytes_per_s=2e9,
-        memcpy_bytes_per_s=10e9,
-        hash_bytes_per_s=10e9,
-        read_latency_s=1e-4,
-        rpc_s=1e-3,
-    )
+    primitives = MACHINE
     measured = dataclasses.replace(
         primitives, shm_read_bytes_per_s=1e9, tcp_read_bytes_per_s=0.5e9, prepare_bytes_per_s=2e9
     )
@@ -141,14 +137,7 @@ def test_measured_transport_rates_slow_the_prediction_where_they_fall_short() ->
 
 
 def test_hub_rpcs_queue_on_the_hubs_one_thread() -> None:
-    machine = sim.MachineSpec(
-        cpu_cores=2,
-        socket_bytes_per_s=2e9,
-        memcpy_bytes_per_s=10e9,
-        hash_bytes_per_s=10e9,
-        read_latency_s=1e-4,
-        rpc_s=0.01,
-    )
+    machine = dataclasses.replace(MACHINE, rpc_s=0.01)
     common = {"size_bytes": 4e6, "num_tensors": 1, "chunk_size_bytes": 4e6, "net": False}
     queued = sim.HubOptions(control_s=0.01, hub_queue=True)
     one = sim.predict_local(machine, k=1, options=queued, **common)  # type: ignore[arg-type]
@@ -193,14 +182,7 @@ def test_readers_serving_chunks_in_flight_start_at_once_and_the_trainer_sends_on
 
 
 def test_an_unhashed_shared_memory_copy_is_predicted_cheaper_than_a_hashed_one() -> None:
-    machine = sim.MachineSpec(
-        cpu_cores=2,
-        socket_bytes_per_s=2e9,
-        memcpy_bytes_per_s=10e9,
-        hash_bytes_per_s=10e9,
-        read_latency_s=1e-4,
-        rpc_s=1e-3,
-    )
+    machine = MACHINE
     common: dict[str, Any] = {"k": 4, "size_bytes": 64e6, "num_tensors": 16, "chunk_size_bytes": 4e6, "net": False}
     hashed = sim.predict_local(machine, options=sim.HubOptions(), **common)
     trusted = sim.predict_local(machine, options=sim.HubOptions(hash_shm_reads=False), **common)
