@@ -169,6 +169,108 @@ async def bench_engine(model: torch.nn.Module, quick: bool, figures: dict[str, A
     return wall[32], cpu[32]
 
 
+SHORT_ANSWER_TOKENS = 8
+SHORT_ANSWER_GROUP = 8
+
+
+def short_answer_prompts(num_prompts: int) -> list[list[int]]:
+    return [list(f"{i * 7 % 97}+{i * 13 % 89}=".encode()) for i in range(num_prompts)]
+
+
+async def bench_short_answers(model: torch.nn.Module, quick: bool, figures: dict[str, Any]) -> None:
+    """Engine CPU-ms per sample for the main job's workload (answers of <= 8 tokens, groups of 8) beside the
+    trainer's own generation (``services.trainer.generate``) on the same prompts and weights.
+
+    Two engine arms: every row decodes 8 tokens (the same tokens as the trainer side), and rows end at
+    different steps (budgets 2..8, the finish path: events, text, cache compaction, batch rebuilds). A
+    random model almost never samples EOS, so budgets stand in for answers that end early.
+    """
+    from services.trainer.generate import sample as trainer_sample
+
+    arch = read_arch(model)
+    num_prompts = 8
+    group = short_answer_prompts(num_prompts)
+    rows = [p for p in group for _ in range(SHORT_ANSWER_GROUP)]
+    router = EventRouter(asyncio.get_running_loop())
+    limits = Limits(max_context_tokens=512, max_new_tokens=400, max_samples_per_prompt=64)
+    engine = Engine(
+        arch,
+        prepare_weights(arch, model.state_dict()),
+        NO_EOS,
+        max_batch_size=64,
+        limits=limits,
+        on_events=router.post,
+    )
+    generation = Generation(engine, router)
+    assert engine._thread.ident is not None
+    engine_clock = time.pthread_getcpuclockid(engine._thread.ident)
+    engine_cpu: list[float] = []
+
+    def budget(i: int, j: int, staggered: bool) -> int:
+        return 2 + (i * 5 + j * 3) % (SHORT_ANSWER_TOKENS - 1) if staggered else SHORT_ANSWER_TOKENS
+
+    async def ours(seed: int, staggered: bool) -> tuple[float, float, int]:
+        requests = [
+            SequenceRequest(
+                prompt_ids=p,
+                params=SamplingParams(temperature=1.0, max_new_tokens=budget(i, j, staggered)),
+                seed=seed,
+                sample_index=j,
+            )
+            for i, p in enumerate(group)
+            for j in range(SHORT_ANSWER_GROUP)
+        ]
+        wall, cpu, thread = time.perf_counter(), time.process_time(), time.clock_gettime(engine_clock)
+        async with generation.call() as call:
+            call.submit(requests)
+            tokens = sum([len(e.completion_ids) async for e in call.events() if e.kind == "finished"])
+        engine_cpu.append(time.clock_gettime(engine_clock) - thread)
+        return time.perf_counter() - wall, time.process_time() - cpu, tokens
+
+    def theirs(seed: int) -> tuple[float, float, int]:
+        wall, cpu = time.perf_counter(), time.process_time()
+        out = trainer_sample(
+            model,
+            rows,
+            max_new_tokens=SHORT_ANSWER_TOKENS,
+            eos_id=-1,
+            temperature=1.0,
+            generator=torch.Generator().manual_seed(seed),
+        )
+        return time.perf_counter() - wall, time.process_time() - cpu, sum(len(t) for t in out.tokens)
+
+    await ours(0, False)
+    await ours(0, True)
+    theirs(0)
+    reps = 15 if quick else 40
+    runs: dict[str, list[tuple[float, float, int]]] = {"engine": [], "engine_staggered": [], "trainer": []}
+    thread_cpu: dict[str, list[float]] = {"engine": [], "engine_staggered": []}
+    for i in range(reps):  # interleaved: every side sees the same load
+        runs["engine"].append(await ours(i + 1, False))
+        runs["engine_staggered"].append(await ours(i + 1, True))
+        thread_cpu["engine"].append(engine_cpu[-2])
+        thread_cpu["engine_staggered"].append(engine_cpu[-1])
+        runs["trainer"].append(theirs(i + 1))
+    await asyncio.to_thread(engine.close)
+    n = len(rows)
+
+    def per_sample_ms(side: str, column: int) -> float:
+        return statistics.median(r[column] for r in runs[side]) * 1000 / n
+
+    figures["short_answers"] = {
+        "cpu_ms_per_sample": {side: round(per_sample_ms(side, 1), 4) for side in runs},
+        "engine_thread_cpu_ms_per_sample": {
+            side: round(statistics.median(v) * 1000 / n, 4) for side, v in thread_cpu.items()
+        },
+        "wall_ms_per_sample": {side: round(per_sample_ms(side, 0), 4) for side in runs},
+        "tokens_per_sample": {side: round(statistics.mean(r[2] for r in runs[side]) / n, 2) for side in runs},
+        "trainer_vs_engine_cpu": round(per_sample_ms("trainer", 1) / per_sample_ms("engine", 1), 3),
+        "setup": f"{num_prompts} prompts x n {SHORT_ANSWER_GROUP}, max_new_tokens {SHORT_ANSWER_TOKENS} "
+        "(engine_staggered: 2..8), temperature 1, engine of 64 slots through the asyncio call API; median of "
+        f"{reps} interleaved runs, process CPU time; the trainer side includes its prepare_weights per call",
+    }
+
+
 class LongTailFeed:
     """Prompts whose samples have long-tailed budgets: most short, one in five ten times longer.
 
@@ -427,6 +529,7 @@ async def main_async(quick: bool, threads: int) -> dict[str, Any]:
     wall, cpu = await bench_engine(model, quick, figures)
     ratios["engine_vs_hf_generate"] = round(wall, 3)
     ratios["engine_vs_hf_generate_cpu_time"] = round(cpu, 3)
+    await bench_short_answers(model, quick, figures)
     ratios.update({k: round(v, 3) for k, v in (await bench_streaming(model, quick, figures)).items()})
     ratios["stall_vs_stop_the_world"] = round(await bench_stall(quick, figures), 2)
     ratios["verifier_agreement"] = round(await bench_verifiers(quick, figures), 4)

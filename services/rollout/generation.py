@@ -1,15 +1,17 @@
 """The asyncio side of the engine: calls that submit sequences and receive their events.
 
-The engine thread hands each step's events to ``EventRouter.post``; one ``call_soon_threadsafe`` per
-step moves them onto the event loop, where each event goes to the queue of the call that submitted
-its sequence. A call cancels its sequences that are still running when it closes (a client that
-went away frees its batch slots).
+The engine thread hands each step's events to ``EventRouter.post``; they collect in one pending list,
+and a ``call_soon_threadsafe`` (one self-pipe write) is made only when that list was empty, so steps
+that come faster than the loop drains them share one wake-up. On the loop, each event goes to the
+queue of the call that submitted its sequence. A call cancels its sequences that are still running
+when it closes (a client that went away frees its batch slots).
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import threading
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -22,13 +24,23 @@ class EventRouter:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._queues: dict[int, asyncio.Queue[Event]] = {}
+        self._lock = threading.Lock()
+        self._pending: list[Event] = []
 
     def post(self, events: list[Event]) -> None:
         """Called on the engine thread."""
-        if not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self._dispatch, events)
+        with self._lock:
+            wake = not self._pending
+            self._pending.extend(events)
+        if wake and not self._loop.is_closed():
+            try:
+                self._loop.call_soon_threadsafe(self._dispatch)
+            except RuntimeError:  # the loop closed meanwhile
+                pass
 
-    def _dispatch(self, events: list[Event]) -> None:
+    def _dispatch(self) -> None:
+        with self._lock:
+            events, self._pending = self._pending, []
         for event in events:
             queue = self._queues.get(event.tag[0])
             if queue is not None:
