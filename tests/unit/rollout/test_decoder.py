@@ -73,17 +73,20 @@ def test_a_prefix_shared_by_every_prompt_runs_once_and_matches_hf_logits(model: 
             torch.testing.assert_close(logits[row], ref, atol=1e-4, rtol=1e-4)
 
 
+GQA_CONFIG = {
+    "hidden_size": 64,
+    "intermediate_size": 96,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 64,
+    "tie_word_embeddings": False,
+}
+"""Two query heads per key/value head and an untied LM head: the layouts the default model does not have."""
+
+
 def test_grouped_query_attention_matches_hf() -> None:
-    config = {
-        "hidden_size": 64,
-        "intermediate_size": 96,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "max_position_embeddings": 64,
-        "tie_word_embeddings": False,
-    }
-    model = build_model(json.dumps(config), seed=1)
+    model = build_model(json.dumps(GQA_CONFIG), seed=1)
     arch = read_arch(model)
     w = prepare_weights(arch, model.state_dict())
     dec = Decoder(arch, KVCache(arch, 1, 32))
@@ -164,16 +167,7 @@ def test_sampler_noise_depends_only_on_key_and_position() -> None:
 
 
 def test_flops_count_every_matrix_and_the_attention_over_the_context() -> None:
-    config = {
-        "hidden_size": 64,
-        "intermediate_size": 96,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "max_position_embeddings": 64,
-        "tie_word_embeddings": False,
-    }
-    model = build_model(json.dumps(config), seed=1)
+    model = build_model(json.dumps(GQA_CONFIG), seed=1)
     arch = read_arch(model)
     dec = Decoder(arch, KVCache(arch, 1, 32))
     # One token with no context multiplies by every Linear weight (projections, MLP, untied LM head) once.
