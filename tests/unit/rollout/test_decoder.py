@@ -21,6 +21,14 @@ from services.rollout.decoder import (
 from services.rollout.model import build_model
 
 
+def assert_last_logits_match_hf(model: torch.nn.Module, logits: torch.Tensor, prompts: list[list[int]]) -> None:
+    """Row r of ``logits`` is HF's next-token logits after the whole of ``prompts[r]``."""
+    with torch.no_grad():
+        for row, ids in enumerate(prompts):
+            ref = model(torch.tensor([ids])).logits[0, -1]
+            torch.testing.assert_close(logits[row], ref, atol=1e-4, rtol=1e-4)
+
+
 def test_prefill_and_decode_match_hf_logits(model: torch.nn.Module) -> None:
     arch = read_arch(model)
     w = prepare_weights(arch, model.state_dict())
@@ -30,10 +38,7 @@ def test_prefill_and_decode_match_hf_logits(model: torch.nn.Module) -> None:
         dec.prefill(w, ids[:-1], slot)
     positions = torch.tensor([len(p) - 1 for p in prompts])
     logits = dec.step(w, torch.tensor([p[-1] for p in prompts]), positions, int(positions.max()) + 1)
-    with torch.no_grad():
-        for row, ids in enumerate(prompts):
-            ref = model(torch.tensor([ids])).logits[0, -1]
-            torch.testing.assert_close(logits[row], ref, atol=1e-4, rtol=1e-4)
+    assert_last_logits_match_hf(model, logits, prompts)
 
 
 def test_prompts_prefilled_together_match_hf_logits(model: torch.nn.Module) -> None:
@@ -47,10 +52,7 @@ def test_prompts_prefilled_together_match_hf_logits(model: torch.nn.Module) -> N
     order = sorted(range(len(prompts)), key=lambda i: slots[i])
     positions = torch.tensor([len(prompts[i]) - 1 for i in order])
     logits = dec.step(w, torch.tensor([prompts[i][-1] for i in order]), positions, int(positions.max()) + 1)
-    with torch.no_grad():
-        for row, i in enumerate(order):
-            ref = model(torch.tensor([prompts[i]])).logits[0, -1]
-            torch.testing.assert_close(logits[row], ref, atol=1e-4, rtol=1e-4)
+    assert_last_logits_match_hf(model, logits, [prompts[i] for i in order])
 
 
 def test_a_prefix_shared_by_every_prompt_runs_once_and_matches_hf_logits(model: torch.nn.Module) -> None:
@@ -67,10 +69,7 @@ def test_a_prefix_shared_by_every_prompt_runs_once_and_matches_hf_logits(model: 
     assert token_rows[0] == 17 and sum(token_rows) < sum(len(p) - 1 for p in prompts)
     positions = torch.tensor([len(p) - 1 for p in prompts])
     logits = dec.step(w, torch.tensor([p[-1] for p in prompts]), positions, int(positions.max()) + 1)
-    with torch.no_grad():
-        for row, ids in enumerate(prompts):
-            ref = model(torch.tensor([ids])).logits[0, -1]
-            torch.testing.assert_close(logits[row], ref, atol=1e-4, rtol=1e-4)
+    assert_last_logits_match_hf(model, logits, prompts)
 
 
 GQA_CONFIG = {
