@@ -6,19 +6,21 @@ float32 tensors (256 MiB; 64 MiB with ``--quick``):
 - ``hub``: the trainer publishes through a ``Publisher`` (one read slot for readers on other
   hosts, so that its NIC sends one copy; readers on its host copy out of its shared memory
   themselves, which costs it no copy, so the hub gives it ``shm_max_concurrent_reads`` = 8 slots
-  for them); each reader process runs a ``Reader`` that watches and fetches; the hub plans each
+  for them and does not spare it for them: each reads the whole version straight from it, with no
+  wait for peers to pass chunks on); each reader process runs a ``Reader`` that watches and
+  fetches, a source's tensors in a few batches (one transfer job each); the hub plans each
   reader's first read as the version commits and sends it with the announcement (no GetPlan
-  round trip before the first byte; later plans are asked for as reads run). The hub spreads the
-  trainer's chunks over the readers that held the previous version when the trainer can serve
-  them at once (each starts on its own slice; over the one NIC slot one reader streams them all),
-  and names a reader as the source of chunks it is still fetching from a holder that has them
-  (the read waits at that reader until each chunk lands: followers need no progress report and
-  no new plan first). Every chunk is hashed where it crosses a socket; a same-host copy out of a
-  holder's shared memory is not hashed (the holder serves it under a read lease, only once it is
-  in its memory hashed or verified), the naive scheme's reads below are. Timed from the start of
-  ``publish`` (the trainer's copy into its buffers and hashing included) until every reader holds
-  the version. Two warm-up versions first, so buffers are touched and connections made; the timed
-  version differs in every chunk (a full read).
+  round trip before the first byte; later plans are asked for as reads run). Across hosts the hub
+  spreads the trainer's chunks over the readers that held the previous version when the trainer
+  can serve them at once (each starts on its own slice; over the one NIC slot one reader streams
+  them all), and names a reader as the source of chunks it is still fetching from a holder that
+  has them (the read waits at that reader until each chunk lands: followers need no progress
+  report and no new plan first). Every chunk is hashed where it crosses a socket; a same-host
+  copy out of a holder's shared memory is not hashed (the holder serves it under a read lease,
+  only once it is in its memory hashed or verified), the naive scheme's reads below are. Timed
+  from the start of ``publish`` (the trainer's copy into its buffers and hashing included) until
+  every reader holds the version. Two warm-up versions first, so buffers are touched and
+  connections made; the timed version differs in every chunk (a full read).
 - ``naive``: every reader reads every tensor straight from the trainer's ``TensorHolder`` with the
   same transport, two tensors at a time, every chunk hashed (the transport's default read). Timed
   from the trainer's update of its tensors (copy + re-hash) until all are done. For orientation,
@@ -28,9 +30,12 @@ float32 tensors (256 MiB; 64 MiB with ``--quick``):
   to K ranks, timed on rank 0 until a barrier after the last broadcast.
 
 Each time is the median of several versions (every sample is kept in ``samples_s``). Trainer
-egress counts every byte read from the trainer's holder by any carrier: a same-host reader reading
-the trainer's shared memory in place is still a read the trainer serves (it takes one of its read
-slots and pins its buffer), so it counts, though the trainer makes no copy for it.
+egress (``egress_per_version_k8``) is what the trainer sends over sockets, its NIC's load: across
+hosts (``_net``) about one model whatever K, as the hub plans it; on one host none, since every
+reader copies the version straight out of the trainer's shared memory (the fastest plan there: a
+tree of peers only adds waiting, and the reader, not the trainer, makes the copy). What the
+trainer serves by any carrier, shared-memory reads in place included, is ``served_per_version_k8``
+(K models on one host).
 
 Each is run twice: all processes as one host (the hub plans shared memory), and every process
 declared a host of its own (``_net``: every byte crosses a loopback socket; this shows the plan and
@@ -299,7 +304,8 @@ async def hub_scheme(
     hub: str, workers: Workers, k: int, size_bytes: int, *, net: bool, reps: int, delta: bool = False
 ) -> dict[str, Any]:
     """Time for K readers to hold a new version through the hub (median of ``reps`` versions after
-    two warm-up ones); the trainer's egress per version, shared-memory reads of its buffers included."""
+    two warm-up ones); the trainer's egress per version (bytes it sends over sockets) and the bytes
+    it serves per version (its shared memory read in place by same-host readers included)."""
     from clients.weighthub import Publisher
 
     model = f"bench-k{k}-{'net' if net else 'host'}-{size_bytes}"
@@ -319,7 +325,7 @@ async def hub_scheme(
         for conn in conns:
             assert await _recv(conn) == "started"
         versions = [model_weights(size_bytes, seed) for seed in range(1, 3 + reps)]
-        samples, egress, plans, cpu = [], [], [], []
+        samples, egress, served, plans, cpu = [], [], [], [], []
         for version, tensors in enumerate(versions, start=1):
             started = time.time()
             await publisher.publish(version, tensors)
@@ -327,7 +333,9 @@ async def hub_scheme(
             assert all(d[1] == version for d in done), done
             if version > 2:
                 samples.append(max(d[2] for d in done) - started)
-                egress.append(sum(d[3].get(publisher.holder_id, 0) for d in done))
+                served.append(sum(d[3].get(publisher.holder_id, 0) for d in done))
+                # Every reader shares the trainer's host (shared memory, read in place) or none does.
+                egress.append(served[-1] if net else 0)
                 plans.append(statistics.mean(d[6] for d in done))
                 cpu.append(statistics.mean(d[7] for d in done))
         result = {
@@ -335,6 +343,7 @@ async def hub_scheme(
             "samples_s": samples,
             "egress_bytes": max(egress),
             "egress_per_version": max(egress) / size_bytes,
+            "served_per_version": max(served) / size_bytes,
             "plans_per_reader": statistics.mean(plans),
             "reader_cpu_s": statistics.median(cpu),
             "read_failures": sum(d[5] for d in done),
@@ -457,23 +466,24 @@ async def kill_scenario(hub: str, workers: Workers, size_bytes: int) -> dict[str
             ) as reader:
                 assert reader._reader is not None
                 transport = reader._reader
-                original = transport.read
+                original = transport.read_many
                 verified = [0]
 
-                async def read(ref: Any, dst: Any, **kwargs: Any) -> Any:
+                async def read_many(items: Any, **kwargs: Any) -> Any:
                     inner = kwargs["on_chunk"]
+                    holder_id = items[0][0].holder_id
 
-                    def on_chunk(local: int) -> None:
-                        inner(local)
-                        if ref.holder_id == "victim":
+                    def on_chunk(name: str, local: int) -> None:
+                        inner(name, local)
+                        if holder_id == "victim":
                             verified[0] += 1
                             if kill and verified[0] == total_chunks // 2 and victim_process.pid:
                                 os.kill(victim_process.pid, signal.SIGKILL)
 
                     kwargs["on_chunk"] = on_chunk
-                    return await original(ref, dst, **kwargs)
+                    return await original(items, **kwargs)
 
-                transport.read = read  # type: ignore[method-assign]
+                transport.read_many = read_many  # type: ignore[method-assign]
                 started = time.perf_counter()
                 got = await reader.fetch(1)
                 seconds = time.perf_counter() - started
@@ -633,6 +643,7 @@ def simulator_check(figures: dict[str, Any], size_bytes: int) -> dict[str, Any]:
         pipelined_plans=True,
         shm_max_concurrent_reads=WeightHubConfig.shm_max_concurrent_reads,
         hash_shm_reads=False,
+        bound_reader_sources=True,
         fetch_cpu_s=prim["fetch_cpu_s"],
         plan_with_announcement=True,
     )
@@ -737,6 +748,7 @@ async def run(*, quick: bool) -> dict[str, Any]:
         "hub_vs_naive_k8": figures["naive_k8"]["seconds"] / hub8["seconds"],
         "hub_vs_broadcast_k8": figures["broadcast_k8"]["seconds"] / hub8["seconds"],
         "egress_per_version_k8": hub8["egress_per_version"],
+        "served_per_version_k8": hub8["served_per_version"],
         "throughput_vs_ceiling": 8 * size_bytes / hub8["seconds"] / 1e9 / figures["ceilings"]["socket_gbps"],
         "torn_reads": figures["kill"]["torn_reads"],
         "kill_completed": figures["kill"]["completed"],
@@ -765,10 +777,11 @@ async def run(*, quick: bool) -> dict[str, Any]:
         "repetitions": reps,
         "seconds": "median of the repetitions (after warm-ups); every sample is in samples_s",
         "trainer_egress": (
-            "bytes readers read from the trainer's holder per version, by any carrier: a same-host "
-            "shared-memory read of the trainer's buffers counts (it is a read the trainer serves, "
-            "holding a read slot and keeping its buffer from being overwritten), though it costs the "
-            "trainer no copy of its own"
+            "egress_per_version: bytes the trainer sends over sockets per version (its NIC's load; 0 on "
+            "one host, where every reader copies out of its shared memory itself); served_per_version: "
+            "bytes read from the trainer's holder by any carrier, same-host shared-memory reads of its "
+            "buffers included (each holds a read slot and keeps the buffer from being overwritten, but "
+            "costs the trainer no copy)"
         ),
         "simulator_inputs": (
             "rates measured in this run (ceilings, primitives, rates_k*) and the control plane as "

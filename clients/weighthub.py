@@ -10,7 +10,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -750,6 +750,7 @@ class Reader:
         self._announced_plans: dict[int, pb.GetPlanResponse] = {}
         """First plans the watch brought with its announcements, not yet used by a fetch."""
         self._released: set[asyncio.Task[None]] = set()
+        """Reports to the hub running in the background: withdrawals, plans given back."""
         self.last_fetch = FetchStats()
 
     @property
@@ -778,7 +779,7 @@ class Reader:
 
     async def close(self) -> None:
         """Withdraw from the hub, stop serving and reading."""
-        # Unused plans given back: the withdrawal releases every lease anyway.
+        # Withdrawals and unused plans given back: unregistering drops every holding and lease anyway.
         for task in list(self._released):
             task.cancel()
         await asyncio.gather(*self._released, return_exceptions=True)
@@ -842,7 +843,11 @@ class Reader:
         del self._announced_plans[version]
         if version in self._held or self._client is None:
             return  # fetched already by other means: its ReportHeld released them
-        task = asyncio.create_task(self._report_withdrawn(version))
+        self._in_background(self._report_withdrawn(version))
+
+    def _in_background(self, report: Coroutine[Any, Any, None]) -> None:
+        """Send a report to the hub without waiting for it (:meth:`close` ends what is left)."""
+        task = asyncio.create_task(report)
         self._released.add(task)
         task.add_done_callback(self._released.discard)
 
@@ -938,15 +943,12 @@ class Reader:
         if not early:
             for tensor in manifest.tensors:
                 await holder.register(metas[tensor.name].name, destinations[tensor.name], meta=metas[tensor.name])
-        held = self._client.report_held(_held_report(self.holder_id, self.model, version, True, manifest.root_hash))
-        if recycled is None:
-            await held
-        else:
-            withdrawn = asyncio.create_task(self._report_withdrawn(recycled))
-            try:
-                await held
-            finally:
-                await withdrawn
+        await self._client.report_held(_held_report(self.holder_id, self.model, version, True, manifest.root_hash))
+        if recycled is not None:
+            # Told after the new version's report, off the fetch's path: the hub answers the reports
+            # that readers wait on first. Its buffers serve no read since they were unserved above,
+            # so until the hub hears of it a read planned to it is refused and re-planned elsewhere.
+            self._in_background(self._report_withdrawn(recycled))
         self._held[version] = _Held(manifest=manifest, tensors=dict(destinations), owned=into is None)
         while len(self._held) > self._keep_versions:
             await self._release(min(self._held))
@@ -1139,8 +1141,8 @@ class Reader:
         progress: _Progress,
         serve_in_flight: bool,
     ) -> set[int]:
-        """Read one source's chunks, tensor by tensor; returns those verified. On failure report it
-        so the rest are re-planned from other holders.
+        """Read one source's chunks, in a few batches of tensors; returns those verified. On failure
+        report it so the rest are re-planned from other holders.
 
         Chunks copied over shared memory are not hashed: every holder serves a chunk only under a
         read lease (it is not overwritten mid-copy) and only once it is in its memory verified (a
@@ -1158,43 +1160,50 @@ class Reader:
             address=read.offer.address,
             host=self._reader.capabilities.host_id if read.offer.carrier == "shm" else "",
         )
-        limit = asyncio.Semaphore(self._reads_per_source)
         failures: list[TransferError] = []
         verified: set[int] = set()
 
         holder = self._membership.holder
+        to_global = {(metas[name].name, local): index for name, pairs in by_tensor.items() for local, index in pairs}
 
-        def on_verified(name: str, local: int, index: int) -> None:
+        def on_verified(name: str, local: int) -> None:
             # Called from the transfer's thread: serve it and record it at once, report it from
             # the event loop.
             if serve_in_flight:
                 holder.mark_ready(name, (local,))
+            index = to_global[(name, local)]
             verified.add(index)
             loop.call_soon_threadsafe(progress.add_chunks, (index,))
 
-        async def one(name: str, pairs: list[tuple[int, int]]) -> None:
-            assert self._reader is not None
-            if failures:
-                return
-            to_global = dict(pairs)
-            meta = metas[name]
-            ref = TensorRef(meta=meta, carriers=(address,), holder_id=read.holder_id)
-            async with limit:
-                try:
-                    result = await self._reader.read(
-                        ref,
-                        destinations[name],
-                        chunks=[local for local, _ in pairs],
-                        carrier=address.carrier,
-                        on_chunk=lambda local: on_verified(meta.name, local, to_global[local]),
-                        verify=False,
-                    )
-                    stats.bytes_read += result.size_bytes
-                    stats.sources[read.holder_id] = stats.sources.get(read.holder_id, 0) + result.size_bytes
-                except TransferError as exc:
-                    failures.append(exc)
+        # The source's tensors in up to reads_per_source batches, each one transfer job (one
+        # connection, one lease round trip per tensor), so the event loop pays per batch, not per tensor.
+        items = list(by_tensor.items())
+        num_batches = max(1, min(self._reads_per_source, len(items)))
 
-        await asyncio.gather(*(one(name, pairs) for name, pairs in by_tensor.items()))
+        async def batch(part: list[tuple[str, list[tuple[int, int]]]]) -> None:
+            assert self._reader is not None
+            try:
+                await self._reader.read_many(
+                    [
+                        (
+                            TensorRef(meta=metas[name], carriers=(address,), holder_id=read.holder_id),
+                            destinations[name],
+                            [local for local, _ in pairs],
+                        )
+                        for name, pairs in part
+                    ],
+                    carrier=address.carrier,
+                    on_chunk=on_verified,
+                    verify=False,
+                )
+            except TransferError as exc:
+                failures.append(exc)
+
+        await asyncio.gather(*(batch(items[k::num_batches]) for k in range(num_batches)))
+        moved = sum(manifest.chunks[index].size_bytes for index in verified)
+        if moved:
+            stats.bytes_read += moved
+            stats.sources[read.holder_id] = stats.sources.get(read.holder_id, 0) + moved
         if failures:
             stats.num_read_failures += 1
             exc = failures[0]

@@ -32,7 +32,14 @@ model says. Rules, per chunk:
    slots for that many readers at once: readers then start on different slices (rarest first counts
    chunks in flight too), each slice crosses from the publishers once, and the readers trade the
    slices among themselves. Where the publishers serve fewer readers at once (one trainer NIC with
-   one slot), the share is wanted / their slots, so one reader streams from it without gaps.
+   one slot), the share is wanted / their slots, so one reader streams from it without gaps;
+10. with ``reader_max_sources`` (the hub passes the reader's own read-slot bound), a plan adds new
+   sources only while the reader reads from fewer than that many holders at once (those it
+   reads already, ``reader_sources``, count, and reading more from one of them takes no new
+   source): a reader then takes no more read slots than it gives, so when every reader also
+   serves, no reader hoards slots while another waits with none and each reader's inbound
+   streams about match what its sources can send (a reader bound to few busy sources gets a
+   fraction of its NIC; one holding many gains nothing, its own NIC being full).
 """
 
 from __future__ import annotations
@@ -40,7 +47,7 @@ from __future__ import annotations
 import enum
 import math
 import zlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from services.common.errors import FailedPrecondition, ResourceExhausted
@@ -145,6 +152,8 @@ def plan_reads(
     max_chunks: int = 0,
     num_readers: int = 0,
     shm_max_concurrent_reads: int = 0,
+    reader_max_sources: int = 0,
+    reader_sources: Collection[str] = (),
 ) -> Plan:
     """Plan the reads of ``chunks`` for ``reader_id`` at ``reader``.
 
@@ -161,6 +170,9 @@ def plan_reads(
     ``num_readers`` (> 1, with ``defer_busy``) spreads the publishers' chunks over that many
     readers (rule 9); ``shm_max_concurrent_reads`` widens the bound of shared-memory sources
     (rule 8). Sources' ``fetching`` chunks make them sources of those chunks (rule 7).
+    ``reader_max_sources`` (> 0, with ``defer_busy``) bounds the holders the reader reads from at
+    once, counting ``reader_sources``, the holders it holds read leases on now (rule 10); chunks
+    left for lack of a source it may add are deferred.
 
     Raises:
         FailedPrecondition: some chunk has no live, non-excluded holder at all.
@@ -199,6 +211,10 @@ def plan_reads(
             publisher_cap = math.ceil(len(chunks) / in_parallel)
     planned = 0
     from_publishers = 0
+    reading_from = set(reader_sources)
+    new_sources_left = len(candidates)
+    if defer_busy and reader_max_sources > 0:
+        new_sources_left = max(0, reader_max_sources - len(reading_from))
     beyond_window: list[int] = []
     for chunk in order:
         if window and planned >= window:
@@ -220,7 +236,12 @@ def plan_reads(
             if not pool:
                 beyond_window.append(chunk)
                 continue
-        usable = [s for s in pool if s.holder_id in chosen or free[s.holder_id] > 0]
+        usable = [
+            s
+            for s in pool
+            if s.holder_id in chosen
+            or (free[s.holder_id] > 0 and (new_sources_left > 0 or s.holder_id in reading_from))
+        ]
         if not usable:
             busy.append(chunk)
             continue
@@ -239,6 +260,8 @@ def plan_reads(
         if best.holder_id not in chosen:
             chosen[best.holder_id] = []
             free[best.holder_id] -= 1
+            if best.holder_id not in reading_from:
+                new_sources_left -= 1
         chosen[best.holder_id].append(chunk)
         planned += 1
     if unsourced:

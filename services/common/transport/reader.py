@@ -5,12 +5,14 @@ destination the caller allocated.
 matched its hash; otherwise it raises a :class:`~services.common.transport.errors.TransferError`
 whose ``verified_chunks`` / ``missing_chunks`` say what can be kept and what to fetch elsewhere. To
 fill one tensor from several holders, read into a :class:`TensorAssembly`, which refuses to hand out
-the tensor until all of it has verified.
+the tensor until all of it has verified. ``await reader.read_many([(ref, dst, chunks), ...])`` reads
+several tensors from one holder in one transfer job (one connection, in order).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -36,6 +38,14 @@ class _Client(Protocol):
     async def fetch(self, address: CarrierAddress, meta: TensorMeta, sink: ChunkSink, deadline: float) -> str: ...
 
     def close(self) -> None: ...
+
+
+class _BatchClient(_Client, Protocol):
+    """A carrier that moves several tensors' chunks from one holder in one transfer job."""
+
+    async def fetch_many(
+        self, address: CarrierAddress, items: Sequence[tuple[TensorMeta, ChunkSink]], deadline: float
+    ) -> None: ...
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -228,6 +238,103 @@ class TensorReader:
             f"; {detail}" if detail else "",
         )
         return result
+
+    async def read_many(
+        self,
+        items: Sequence[tuple[TensorRef, torch.Tensor, Sequence[int] | None]],
+        *,
+        carrier: str | None = None,
+        timeout_s: float | None = None,
+        on_chunk: Callable[[str, int], None] | None = None,
+        verify: bool = True,
+    ) -> list[ReadResult]:
+        """Read several tensors (``(ref, dst, chunks)`` each, as :meth:`read` takes them) from one
+        holder: one transfer job and one span for all of them where the carrier moves them in one
+        go (tcp and shm, in order over one connection), else one :meth:`read` after another. Each
+        item is checked and verified as :meth:`read` does; ``on_chunk`` gets the tensor's name and
+        the chunk index. Every ref must name the same holder (the same carrier addresses).
+
+        Raises:
+            ValueError: refs of different holders, or an item :meth:`read` would refuse.
+            TransferError: of the first item that failed (as :meth:`read` raises it); the items
+                before it were read and verified, those after it were not read.
+        """
+        if not items:
+            return []
+        first = items[0][0]
+        if any(ref.carriers != first.carriers for ref, _, _ in items):
+            raise ValueError("read_many reads from one holder: every ref must carry the same addresses")
+        sinks: list[ChunkSink] = []
+        for ref, dst, chunks in items:
+            if isinstance(dst, TensorAssembly):
+                raise ValueError("read_many takes plain destination tensors, not assemblies")
+            meta = ref.meta
+            flat = destination_bytes(meta, dst)
+            callbacks: list[Callable[[int], None]] = []
+            if on_chunk is not None:
+                callbacks.append(functools.partial(on_chunk, meta.name))
+            sinks.append(
+                ChunkSink(meta, flat, self._wanted_chunks(meta, chunks, None), on_verified=callbacks, verify=verify)
+            )
+        choice = self.choose(first, dst_is_cuda=any(sink.is_cuda for sink in sinks), carrier=carrier)
+        if choice.carrier != "shm":
+            for sink in sinks:
+                sink.verify = True  # bytes that cross a socket or a NIC are always hashed
+        client = self._client(choice.carrier)
+        started = time.monotonic()
+        deadline = started + (timeout_s or self._timeout_s)
+        attributes: dict[str, str | int] = {
+            "transport.tensors": len(sinks),
+            "transport.carrier": choice.carrier,
+            "transport.holder": first.holder_id,
+            "transport.bytes": sum(sink.size_bytes for sink in sinks),
+            "transport.chunks": sum(len(sink.chunks) for sink in sinks),
+        }
+        with _tracer.start_as_current_span("transport.read_many", attributes=attributes):
+            try:
+                if hasattr(client, "fetch_many"):
+                    batch: _BatchClient = client  # type: ignore[assignment]
+                    await batch.fetch_many(
+                        choice.address, [(sink.meta, sink) for sink in sinks if sink.chunks], deadline
+                    )
+                else:
+                    for sink in sinks:
+                        if sink.chunks:
+                            await client.fetch(choice.address, sink.meta, sink, deadline)
+                            sink.finish()
+            except TransferError as exc:
+                failed = next((k for k, sink in enumerate(sinks) if sink.bad or sink.missing()), 0)
+                raise self._failed(exc, items[failed][0], choice, sinks[failed]) from exc
+            for (ref, _, _), sink in zip(items, sinks, strict=True):
+                try:
+                    sink.finish()
+                except TransferError as exc:
+                    raise self._failed(exc, ref, choice, sink) from exc
+        seconds = time.monotonic() - started
+        results = [
+            ReadResult(
+                name=sink.meta.name,
+                holder_id=ref.holder_id,
+                carrier=choice.carrier,
+                address=choice.address.address,
+                reason=choice.reason,
+                chunks=tuple(sink.chunks),
+                size_bytes=sink.size_bytes,
+                seconds=seconds,
+            )
+            for (ref, _, _), sink in zip(items, sinks, strict=True)
+        ]
+        logger.info(
+            "read %d tensors (%d bytes) from holder %s via %s %s in %.3f s; carrier chosen: %s",
+            len(results),
+            attributes["transport.bytes"],
+            first.holder_id,
+            choice.carrier,
+            choice.address.address,
+            seconds,
+            choice.reason,
+        )
+        return results
 
     @staticmethod
     def _wanted_chunks(meta: TensorMeta, chunks: Sequence[int] | None, assembly: TensorAssembly | None) -> list[int]:

@@ -17,6 +17,7 @@ import concurrent.futures
 import logging
 import socket
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from services.common.transport import wire
@@ -119,6 +120,20 @@ class TcpClient:
         """Move ``sink``'s chunks from the holder at ``address`` into the destination."""
         job = BlockingJob()
         return await run_blocking(self._executor, job, lambda: self._fetch(job, address, meta, sink, deadline))
+
+    async def fetch_many(
+        self, address: CarrierAddress, items: Sequence[tuple[TensorMeta, ChunkSink]], deadline: float
+    ) -> None:
+        """Several reads from one holder, in order, in one transfer job over one connection; stops at
+        the first that fails. Each sink's bytes are committed (hashed where it asks) as they land."""
+        job = BlockingJob()
+
+        def run() -> None:
+            for meta, sink in items:
+                self._fetch(job, address, meta, sink, deadline)
+                sink.finish()
+
+        await run_blocking(self._executor, job, run)
 
     def close(self) -> None:
         """Drop pooled connections."""

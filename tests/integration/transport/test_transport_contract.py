@@ -104,6 +104,46 @@ async def test_chunks_land_at_their_offsets_and_nowhere_else(
         assert torch.equal(got[r.offset : r.end], source[r.offset : r.end]), f"chunk {i}"
 
 
+async def test_read_many_reads_several_tensors_from_one_holder_and_stops_at_the_first_failure(
+    holder: HolderProcess, reader: TensorReader, carrier: str
+) -> None:
+    specs = [((1 << 18,), torch.float32), ((3, 1000), torch.int64), ((4099,), torch.bfloat16)]
+    refs = [holder.register(f"many-{carrier}-{i}", shape, dtype, seed=20 + i) for i, (shape, dtype) in enumerate(specs)]
+    dsts = [torch.empty(shape, dtype=dtype) for shape, dtype in specs]
+    landed: list[tuple[str, int]] = []
+    results = await reader.read_many(
+        [(ref, dst, None) for ref, dst in zip(refs, dsts, strict=True)],
+        carrier=carrier,
+        on_chunk=lambda name, chunk: landed.append((name, chunk)),
+    )
+    assert [r.carrier for r in results] == [carrier] * 3
+    for i, ((shape, dtype), dst) in enumerate(zip(specs, dsts, strict=True)):
+        assert _same(dst, pattern(shape, dtype, 20 + i))
+    assert sorted(landed) == sorted((ref.meta.name, c) for ref in refs for c in range(ref.meta.num_chunks))
+    # Some chunks of one tensor only, then a tensor the holder does not have: the items before it
+    # are read and verified, the error names the missing one, nothing after it is read.
+    partial = torch.full((1 << 18,), -1.0)
+    unknown = TensorRef(meta=replace(refs[0].meta, name="no-such-tensor"), carriers=refs[0].carriers)
+    untouched = torch.full((1 << 18,), -1.0)
+    landed.clear()
+    with pytest.raises(UnknownTensor, match="no-such-tensor"):
+        await reader.read_many(
+            [(refs[0], partial, [1]), (unknown, torch.empty(1 << 18), None), (refs[0], untouched, None)],
+            carrier=carrier,
+            on_chunk=lambda name, chunk: landed.append((name, chunk)),
+        )
+    assert landed == [(refs[0].meta.name, 1)]
+    r = refs[0].meta.chunk_range(1)
+    assert torch.equal(
+        _bytes(partial)[r.offset : r.end], _bytes(pattern((1 << 18,), torch.float32, 20))[r.offset : r.end]
+    )
+    assert torch.equal(untouched, torch.full((1 << 18,), -1.0))
+    # One holder per call.
+    other = TensorRef(meta=refs[1].meta, carriers=refs[1].carriers[:1])
+    with pytest.raises(ValueError, match="one holder"):
+        await reader.read_many([(refs[0], dsts[0], None), (other, dsts[1], None)], carrier=carrier)
+
+
 async def test_assembly_exposes_only_a_complete_tensor(
     holder: HolderProcess, reader: TensorReader, carrier: str
 ) -> None:

@@ -139,23 +139,25 @@ async def test_a_holder_killed_mid_transfer_is_replanned_and_nothing_is_torn(
             async with Reader(hub, model=MODEL, host="node2", **loopback()) as reader:
                 assert reader._reader is not None
                 transport = reader._reader
-                original = transport.read
+                original = transport.read_many
                 killed: list[str] = []
 
-                async def read_and_kill(ref, dst, **kwargs):  # type: ignore[no-untyped-def]
-                    if ref.holder_id == "peer" and not killed:
-                        killed.append(ref.holder_id)
+                async def read_and_kill(items, **kwargs):  # type: ignore[no-untyped-def]
+                    if items[0][0].holder_id == "peer" and not killed:
+                        killed.append("peer")
                         inner = kwargs["on_chunk"]
+                        landed = []
 
-                        def on_chunk(local: int) -> None:
-                            inner(local)
-                            if local == 1:
+                        def on_chunk(name: str, local: int) -> None:
+                            inner(name, local)
+                            landed.append(local)
+                            if len(landed) == 2:
                                 os.kill(peer.pid, signal.SIGKILL)
 
                         kwargs["on_chunk"] = on_chunk
-                    return await original(ref, dst, **kwargs)
+                    return await original(items, **kwargs)
 
-                transport.read = read_and_kill  # type: ignore[method-assign]
+                transport.read_many = read_and_kill  # type: ignore[method-assign]
                 got = await reader.fetch(1)
                 assert killed == ["peer"]
                 assert_same(got, tensors)

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
+from seedstack.common.v1 import common_pb2
 from seedstack.weighthub.v1 import weighthub_pb2 as pb
 
 from clients.weighthub import Publisher, Reader, WeightHubClient
@@ -120,25 +121,59 @@ async def test_a_reader_serving_in_flight_is_named_for_the_chunks_it_reads_befor
     )
 
 
+async def test_same_host_readers_read_the_publisher_over_shared_memory_at_once(client: WeightHubClient) -> None:
+    async def register_on(holder_id: str, host: str, machine: str, **kwargs: Any) -> None:
+        offers = [common_pb2.TransportOffer(carrier="tcp", address=f"127.0.0.1:{2000 + len(holder_id)}")]
+        if machine:
+            offers.append(common_pb2.TransportOffer(carrier="shm", address=f"@{holder_id}"))
+        await client.register_holder(
+            pb.RegisterHolderRequest(
+                request_id=f"reg-{holder_id}",
+                holder_id=holder_id,
+                offers=offers,
+                topology=common_pb2.TopologyLabels(host=host, rack="r0", datacenter="dc0"),
+                transport_host_id=machine,
+                **kwargs,
+            )
+        )
+
+    # The trainer's one read slot is for its NIC; readers on its host copy out of its shared memory
+    # themselves, which costs it no copy: each reads every chunk from it straight away, none waits
+    # for a peer to pass chunks on.
+    await register_on("trainer", "t", "m1", max_concurrent_reads=1)
+    await publish(client, "trainer", shard(1, ["w0", "w1"]))  # 4 chunks
+    for reader_id in ("near0", "near1", "near2"):
+        await register_on(reader_id, "t", "m1")
+        plan = await client.get_plan(plan_request(reader_id, request_id=f"p-{reader_id}", serve_in_flight=True))
+        assert [(r.holder_id, r.offer.carrier, list(r.chunk_indices)) for r in plan.reads] == [
+            ("trainer", "shm", [0, 1, 2, 3])
+        ]
+    # A reader on another host still spares the trainer's NIC: it reads from the readers fetching.
+    await register_on("far", "x", "")
+    far = await client.get_plan(plan_request("far", request_id="p-far", serve_in_flight=True))
+    assert far.reads and all(r.holder_id.startswith("near") and r.offer.carrier == "tcp" for r in far.reads)
+
+
 def _gate_reads(reader: Reader, *, after: int) -> tuple[asyncio.Event, list[str]]:
-    """Let ``after`` transport reads of ``reader`` through, hold the rest until the event is set;
-    returns the event and the holder of every read that has finished."""
+    """Let ``after`` transport reads (batches of tensors from one holder) of ``reader`` through, hold
+    the rest until the event is set; returns the event and the holder of every read that has finished."""
     assert reader._reader is not None
     transport = reader._reader
-    original = transport.read
+    original = transport.read_many
     gate = asyncio.Event()
     started: list[str] = []
     finished: list[str] = []
 
-    async def read(ref: Any, dst: Any, **kwargs: Any) -> Any:
-        started.append(ref.holder_id)
+    async def read_many(items: Any, **kwargs: Any) -> Any:
+        holder_id = items[0][0].holder_id
+        started.append(holder_id)
         if len(started) > after:
             await gate.wait()
-        result = await original(ref, dst, **kwargs)
-        finished.append(ref.holder_id)
+        result = await original(items, **kwargs)
+        finished.append(holder_id)
         return result
 
-    transport.read = read  # type: ignore[method-assign]
+    transport.read_many = read_many  # type: ignore[method-assign]
     return gate, finished
 
 
@@ -147,18 +182,20 @@ async def _nothing(holder_id: str) -> None:
 
 
 def _spy_reads(reader: Reader, before: Callable[[str], Awaitable[None]] = _nothing) -> list[str]:
-    """The holder of every transport read of ``reader``; ``before`` runs first on each."""
+    """The holder of every transport read (a batch of tensors from one holder) of ``reader``;
+    ``before`` runs first on each."""
     assert reader._reader is not None
     transport = reader._reader
-    original = transport.read
+    original = transport.read_many
     sources: list[str] = []
 
-    async def read(ref: Any, dst: Any, **kwargs: Any) -> Any:
-        sources.append(ref.holder_id)
-        await before(ref.holder_id)
-        return await original(ref, dst, **kwargs)
+    async def read_many(items: Any, **kwargs: Any) -> Any:
+        holder_id = items[0][0].holder_id
+        sources.append(holder_id)
+        await before(holder_id)
+        return await original(items, **kwargs)
 
-    transport.read = read  # type: ignore[method-assign]
+    transport.read_many = read_many  # type: ignore[method-assign]
     return sources
 
 
@@ -174,11 +211,12 @@ async def test_a_reader_reads_chunks_from_a_peer_that_is_still_fetching(
             Reader(hub, model=MODEL, host="node1", max_chunks_per_plan=4, **loopback()) as early,
             Reader(hub, model=MODEL, host="node2", **loopback()) as late,
         ):
-            # "early" verifies two chunks from the trainer, then stalls holding the trainer's slot.
-            gate, early_done = _gate_reads(early, after=2)
+            # "early" verifies two chunks from the trainer (one batch of its two), then stalls holding
+            # the trainer's slot.
+            gate, early_done = _gate_reads(early, after=1)
             late_sources = _spy_reads(late)
             early_fetch = asyncio.create_task(early.fetch(1))
-            await assert_eventually(lambda: len(early_done) == 2, message="early never verified two chunks")
+            await assert_eventually(lambda: len(early_done) == 1, message="early never verified two chunks")
             late_fetch = asyncio.create_task(late.fetch(1))
             await assert_eventually(lambda: early.holder_id in late_sources, message="late never read from early")
             assert not early_fetch.done() and not late_fetch.done()
@@ -201,12 +239,15 @@ async def test_a_partial_holder_that_dies_mid_way_is_replanned_and_nothing_is_to
         hub, model=MODEL, host="trainer", chunk_size_bytes=CHUNK, max_concurrent_reads=1, **loopback()
     ) as pub:
         await pub.publish(1, tensors)
-        doomed = Reader(hub, model=MODEL, host="node1", lease_ttl_s=1.0, transport_bind_host="127.0.0.1")
+        doomed = Reader(
+            hub, model=MODEL, host="node1", lease_ttl_s=1.0, transport_bind_host="127.0.0.1", reads_per_source=4
+        )
         await doomed.start()
         try:
-            _, doomed_done = _gate_reads(doomed, after=2)  # never released: it dies with two verified chunks
+            # Never released: it dies with two verified chunks (one batch of the four of its 8 chunks).
+            _, doomed_done = _gate_reads(doomed, after=1)
             doomed_fetch = asyncio.create_task(doomed.fetch(1))
-            await assert_eventually(lambda: len(doomed_done) == 2, message="doomed never verified two chunks")
+            await assert_eventually(lambda: len(doomed_done) == 1, message="doomed never verified two chunks")
             async with Reader(hub, model=MODEL, host="node2", **loopback()) as survivor:
 
                 async def crash(holder_id: str) -> None:

@@ -269,3 +269,20 @@ def test_shared_memory_widens_a_holders_bound_and_nothing_else() -> None:
     other_host = Source(holder_id="b", topology=Topology("h2", "r1", "dc0"), **full)  # type: ignore[arg-type]
     with pytest.raises(ResourceExhausted):
         plan(reader, [other_host], shm_max_concurrent_reads=4)
+
+
+def test_a_reader_adds_sources_only_up_to_its_bound_and_reads_more_from_those_it_has() -> None:
+    reader = Topology("h0", "r0", "dc0")
+    peers = [source(f"peer{i}", Topology(f"h{i + 1}", "r0", "dc0"), chunks=range(i, i + 1)) for i in range(6)]
+    result = plan(reader, peers, chunks=6, defer_busy=True, reader_max_sources=4, reader_sources=["peer0", "peer5"])
+    # Two sources already: two new ones at most, and more chunks from those it reads from.
+    assert {r.holder_id for r in result.reads} <= {f"peer{i}" for i in range(6)}
+    assert len({r.holder_id for r in result.reads} - {"peer0", "peer5"}) == 2
+    assert {"peer0", "peer5"} <= {r.holder_id for r in result.reads}
+    assert len(result.deferred) == 2
+    # At its bound, a plan names no new source: every chunk waits, none is refused for good.
+    with pytest.raises(ResourceExhausted):
+        plan(reader, peers[:5], chunks=5, defer_busy=True, reader_max_sources=2, reader_sources=["x", "y"])
+    # Without defer_busy a plan must name every chunk's source at once: no bound applies.
+    whole = plan(reader, peers, chunks=6, reader_max_sources=2)
+    assert len(whole.reads) == 6

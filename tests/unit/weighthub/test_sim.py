@@ -58,6 +58,19 @@ def test_a_flow_cap_limits_one_stream() -> None:
     assert done == [pytest.approx(4.0)]
 
 
+def test_a_follower_never_gets_ahead_of_its_leader_and_others_take_what_it_leaves() -> None:
+    flows = sim.FlowSim({"a": 100.0, "b": 1000.0})
+    done: dict[str, float] = {}
+    leader = flows.start(100.0, {"a": 1.0}, lambda: done.setdefault("leader", flows.now_s))
+    flows.start(100.0, {"b": 1.0}, lambda: done.setdefault("follower", flows.now_s), leader=leader)
+    other = flows.start(1e9, {"b": 1.0}, lambda: None)
+    flows.run(until_s=0.5)
+    assert other.rate_bytes_per_s == pytest.approx(900.0)
+    flows.run(until_s=2.0)
+    # Alone on ``b`` it would take 0.2 s; behind its leader it ends with it.
+    assert done == {"leader": pytest.approx(1.0), "follower": pytest.approx(1.0)}
+
+
 def _star(num_readers: int, nic: float = 100.0) -> sim.Network:
     nodes = [sim.Node(node_id="trainer", topology=Topology("t", "r0", "dc0"), nic_bytes_per_s=nic)]
     nodes += [
@@ -188,3 +201,47 @@ def test_an_unhashed_shared_memory_copy_is_predicted_cheaper_than_a_hashed_one()
     trusted = sim.predict_local(machine, options=sim.HubOptions(hash_shm_reads=False), **common)
     assert trusted["hub_s"] < hashed["hub_s"]
     assert trusted["naive_s"] == pytest.approx(hashed["naive_s"])  # the naive scheme still hashes
+
+
+def test_with_cut_through_a_reader_streams_right_behind_a_peer_still_fetching() -> None:
+    network = _star(2)
+    common: dict[str, Any] = {"publishers": {"trainer": [0]}, "readers": ["r0", "r1"], "chunk_sizes": [100.0]}
+    options = sim.HubOptions(partial_holders=True, serve_in_flight=True)
+    whole = sim.simulate_hub(network, options=options, **common)
+    streamed = sim.simulate_hub(network, options=dataclasses.replace(options, cut_through=True), **common)
+    # One reader reads the trainer's one slot; the other reads the chunk from it, after the whole
+    # chunk landed there, or streamed behind it.
+    assert sorted(whole.done_at_s.values()) == [pytest.approx(1.0), pytest.approx(2.0)]
+    assert sorted(streamed.done_at_s.values()) == [pytest.approx(1.0), pytest.approx(1.0)]
+    assert streamed.bytes_from == whole.bytes_from
+    assert streamed.bytes_from["trainer"] == pytest.approx(100.0)  # one copy left the trainer
+
+
+def test_a_reader_reads_from_no_more_holders_at_once_than_it_serves() -> None:
+    network = _star(8)
+    common: dict[str, Any] = {
+        "publishers": {"trainer": list(range(32))},
+        "readers": [f"r{i}" for i in range(8)],
+        "chunk_sizes": [10.0] * 32,
+    }
+    options = sim.HubOptions(
+        partial_holders=True,
+        serve_in_flight=True,
+        spread_publisher_chunks=True,
+        pipelined_plans=True,
+        reader_max_concurrent_reads=2,
+        bound_reader_sources=True,
+    )
+    most: dict[str, int] = {}
+    real_plan_reads = planner.plan_reads
+
+    def spy(**kwargs: Any) -> planner.Plan:
+        result = real_plan_reads(**kwargs)
+        sources = set(kwargs["reader_sources"]) | {r.holder_id for r in result.reads}
+        most[kwargs["reader_id"]] = max(most.get(kwargs["reader_id"], 0), len(sources))
+        return result
+
+    with mock.patch.object(sim, "plan_reads", spy):
+        run = sim.simulate_hub(network, options=options, **common)
+    assert sorted(run.done_at_s) == sorted(common["readers"])
+    assert max(most.values()) <= 2
