@@ -30,7 +30,9 @@ that drifts weighs on both alike; each ratio is the geometric mean of the pairs.
 ``figures.arms.*.breakdown`` is one RL step of each arm: wall time per step, waiting for (or, sync,
 generating) the batch, forward/backward, optimiser, publishing, the time between steps (evaluations,
 checkpoints), the samples' staleness, and the share of the samples the rollout servers generated
-that were trained on; ``cpu`` is the stack's CPU seconds and the whole machine's over the arm.
+that were trained on; ``cpu`` is the stack's CPU seconds and the whole machine's over the arm, and
+``cpu_per_step_by_process`` each of the stack's processes' CPU seconds per RL step between the first
+and the last evaluation (``trainer/ranks``: torchrun and the ranks; no start-up): where the compute goes.
 
 Other ratios: ``acc_before`` / ``acc_after`` (streaming arm), ``minutes_to_plus10``, trainer and
 rollout idle fractions (sync: the share of each step the ranks were not generating),
@@ -65,8 +67,8 @@ from services.trainer.spec import RunSpec
 
 ARMS: dict[str, dict[str, Any]] = {
     # The job's streaming defaults: rounds close at alpha 0.75, partials continue under newer versions,
-    # samples at most 2 versions old, an experience buffer of two batches (and one group).
-    "streaming": {"num_servers": 2, "completion_ratio": 0.75, "max_staleness_versions": 2, "buffered_batches": 2},
+    # samples at most 2 versions old, an experience buffer of one batch (and one group).
+    "streaming": {"num_servers": 2, "completion_ratio": 0.75, "max_staleness_versions": 2, "buffered_batches": 1},
     # Synchronous RL: the trainer's ranks generate each batch with the policy they train, wait for every
     # answer of it (alpha 1), then train (no version lag; eta 1 only lets the groups a fill round made
     # beyond the batch, for dynamic sampling, be used by the next step rather than thrown away).
@@ -199,6 +201,7 @@ def run_arm(
     stack: ExistingStack,
     stack_pids: list[int],
     *,
+    names: dict[int, str] | None = None,
     fault: str = "",
     weighthub_model: str = "",
 ) -> dict[str, Any]:
@@ -215,7 +218,7 @@ def run_arm(
     print(f"mainjob bench: arm {name} ...", file=sys.stderr, flush=True)
     load = [os.getloadavg()[0]]
     t0, cpu0 = time.monotonic(), cpu_seconds(stack_pids)
-    sampler = CpuSampler(stack_pids)
+    sampler = CpuSampler(stack_pids, names=names)
     sampler.start()
     try:
         with contextlib.redirect_stdout(sys.stderr):
@@ -252,6 +255,7 @@ def run_arm(
             },
             "train_clock": train_clock(data["evals"], steps),
             "cpu_clock": sampler.clock(data["evals"], float(data.get("started_unix_s") or 0.0)),
+            "cpu_per_step_by_process": sampler.per_step(data["evals"], float(data.get("started_unix_s") or 0.0)),
         }
     )
     print(
@@ -268,32 +272,47 @@ def cpu_seconds(pids: list[int]) -> dict[str, float]:
     trainer's ranks) and by the whole machine (every process: other work on a shared box too)."""
     import psutil
 
-    stack = 0.0
-    for pid in pids:
-        try:
-            proc = psutil.Process(pid)
-            t = proc.cpu_times()
-            stack += t.user + t.system + t.children_user + t.children_system
-            for child in proc.children(recursive=True):
-                with contextlib.suppress(psutil.Error):
-                    # A live child's own time and its ended children's (torchrun's ranks before it ends).
-                    c = child.cpu_times()
-                    stack += c.user + c.system + c.children_user + c.children_system
-        except psutil.Error:
-            continue
+    stack = sum(process_cpu_seconds(pids).values())
     machine = psutil.cpu_times()
     return {"stack": stack, "machine_busy": sum(machine) - machine.idle - getattr(machine, "iowait", 0.0)}
 
 
-class CpuSampler:
-    """The stack's CPU seconds, sampled every half second in a thread while an arm runs."""
+def process_cpu_seconds(pids: list[int], names: dict[int, str] | None = None) -> dict[str, float]:
+    """CPU seconds so far of each of the stack's processes (``names[pid]``, else the pid) with its ended
+    children; its live descendants under ``NAME/ranks`` for the trainer (torchrun and its ranks), else
+    ``NAME/children`` (the data plane's loader workers)."""
+    import psutil
 
-    def __init__(self, pids: list[int], every_s: float = 0.5) -> None:
+    out: dict[str, float] = {}
+    for pid in pids:
+        name = (names or {}).get(pid, str(pid))
+        try:
+            proc = psutil.Process(pid)
+            t = proc.cpu_times()
+            out[name] = out.get(name, 0.0) + t.user + t.system + t.children_user + t.children_system
+            below = f"{name}/ranks" if name == "trainer" else f"{name}/children"
+            for child in proc.children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    # A live child's own time and its ended children's (torchrun's ranks before it ends).
+                    c = child.cpu_times()
+                    out[below] = out.get(below, 0.0) + c.user + c.system + c.children_user + c.children_system
+        except psutil.Error:
+            continue
+    return out
+
+
+class CpuSampler:
+    """The stack's CPU seconds, in all and per process, sampled every half second in a thread while an arm
+    runs."""
+
+    def __init__(self, pids: list[int], every_s: float = 0.5, names: dict[int, str] | None = None) -> None:
         import threading
 
         self.pids = pids
+        self.names = names or {}
         self.every_s = every_s
         self.samples: list[tuple[float, float]] = []
+        self.by_process: list[tuple[float, dict[str, float]]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="cpu-sampler", daemon=True)
 
@@ -306,7 +325,9 @@ class CpuSampler:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.samples.append((time.time(), cpu_seconds(self.pids)["stack"]))
+            now, per_process = time.time(), process_cpu_seconds(self.pids, self.names)
+            self.samples.append((now, sum(per_process.values())))
+            self.by_process.append((now, per_process))
             self._stop.wait(self.every_s)
 
     def clock(self, evals: list[dict[str, Any]], started_unix_s: float) -> list[tuple[float, float]]:
@@ -322,6 +343,22 @@ class CpuSampler:
 
         base = at(started_unix_s + float(evals[0]["t_s"]))
         return [(at(started_unix_s + float(e["t_s"])) - base, float(e["accuracy"])) for e in evals]
+
+    def per_step(self, evals: list[dict[str, Any]], started_unix_s: float) -> dict[str, float]:
+        """CPU seconds per RL step of each process from the first evaluation to the last (the RL loop:
+        steps, their evaluations and checkpoints; no start-up): where an arm's compute goes."""
+        if len(evals) < 2 or not started_unix_s or len(self.by_process) < 2:
+            return {}
+        num_steps = int(evals[-1]["step"]) - int(evals[0]["step"])
+
+        def nearest(unix_s: float) -> dict[str, float]:
+            return min(self.by_process, key=lambda sample: abs(sample[0] - unix_s))[1]
+
+        first = nearest(started_unix_s + float(evals[0]["t_s"]))
+        last = nearest(started_unix_s + float(evals[-1]["t_s"]))
+        if num_steps <= 0:
+            return {}
+        return {name: (cpu - first.get(name, 0.0)) / num_steps for name, cpu in sorted(last.items())}
 
 
 def breakdown(figures: dict[str, Any], steps: list[dict[str, Any]]) -> dict[str, Any]:
@@ -545,6 +582,7 @@ def main() -> None:
         state, stack = start_stack(spec, workdir / "stack")
         stack_up_s = time.monotonic() - stack_t0
         pids = [p.pid for p in state.processes()]
+        names = {p.pid: p.name for p in state.processes()}
         try:
             # Sync first: until a streaming arm starts them, the rollout servers follow no model.
             order = ["sync", "streaming"]
@@ -559,13 +597,21 @@ def main() -> None:
                         workdir,
                         stack,
                         pids,
+                        names=names,
                         weighthub_model=SYNC_MODEL if name == "sync" else "",
                     )
                     finished = count_generated(arm, finished)
                     runs[name].append(arm)
             crash_job = job_dict(sizes, sizes.crash_rl_time_budget_s, **ARMS["streaming"])
             crash = run_arm(
-                "crash", crash_job, warm["checkpoint"], workdir, stack, pids, fault=f"crash@{sizes.crash_step}"
+                "crash",
+                crash_job,
+                warm["checkpoint"],
+                workdir,
+                stack,
+                pids,
+                names=names,
+                fault=f"crash@{sizes.crash_step}",
             )
             count_generated(crash, finished)
         finally:

@@ -199,11 +199,15 @@ async def resolve_stack(stack: ExistingStack, num_rollout_servers: int, timeout_
 
 
 def service_env(spec: JobSpec, run_dir: Path) -> dict[str, str]:
-    """Environment of the services this job starts: the model, loopback binds, the trainer's runs dir."""
+    """Environment of the services this job starts: the model, loopback binds, the trainer's runs dir, the
+    rollout servers' niceness."""
     startup_s = STARTUP_TIMEOUT_S + WARM_START_S_PER_STEP * spec.warm_start.num_steps
     return {
         "SEEDSTACK_ROLLOUT_MODEL_CONFIG_JSON": spec.model.config_json(),
         "SEEDSTACK_ROLLOUT_NUM_THREADS": "1",
+        # The rollout servers share the cores with the trainer's ranks: their decoding fills the time
+        # the ranks leave (waits, collectives) instead of slowing each step, the job's critical path.
+        "SEEDSTACK_ROLLOUT_NICE": "10",
         "SEEDSTACK_ROLLOUT_MODEL_SEED": str(spec.seed),
         "SEEDSTACK_ROLLOUT_WEIGHTS_BIND_HOST": "127.0.0.1",
         "SEEDSTACK_TRAINER_PUBLISH_BIND_HOST": "127.0.0.1",

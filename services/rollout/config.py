@@ -36,6 +36,9 @@ class RolloutConfig(ServerConfig):
     """Most sequences (prompts times n) one Generate call may queue."""
     num_threads: int = 1
     """torch intra-op threads; 1 is fastest for small models on a shared machine."""
+    nice: int = 0
+    """Scheduling niceness the server's threads take at start (0-19): on cores shared with the trainer
+    (``seedctl run`` sets 10) its decoding yields to the trainer's step, the job's critical path."""
     weighthub_model: str = ""
     """Weight-hub model to follow from the start; empty to serve the built-in weights until told."""
     weights_bind_host: str = "0.0.0.0"
@@ -85,6 +88,7 @@ class RolloutConfig(ServerConfig):
             "must be >= 1",
         )
         check(1 <= self.num_threads <= 256, "num_threads", self.num_threads, "must be in 1..256")
+        check(0 <= self.nice <= 19, "nice", self.nice, "must be in 0..19")
         check(0 < self.code_timeout_s <= 600, "code_timeout_s", self.code_timeout_s, "must be in (0, 600]")
         check(self.code_memory_bytes >= 64 << 20, "code_memory_bytes", self.code_memory_bytes, "must be >= 64 MiB")
         check(

@@ -1,7 +1,8 @@
 """The streaming rollout: rounds that close at completion ratio alpha, partials continued later.
 
 Each round draws prompts (``n`` samples each) and adds the partial samples that earlier rounds left
-unfinished. The round closes as soon as a fraction ``alpha`` of its samples finished; the rest are
+unfinished. The round closes as soon as a fraction ``alpha`` of its samples finished (one that
+drew nothing, the buffer being full, waits for all of them until its next draw is due); the rest are
 partials that decode on into the next round with their KV caches (no recomputation), under whatever
 version is served then, their tokens tagged with it (version spans). A partial whose oldest token is
 more than ``eta`` versions behind the served version is preempted and restarted from its prompt (its
@@ -243,9 +244,20 @@ class RolloutWorker:
             prior = request.prior
             self._first_version[seq_id] = min((s[2] for s in prior.spans), default=served) if prior else served
         need = max(1, math.ceil(self.settings.completion_ratio * (len(requests) + carried)))
+        # Nothing was drawn because the buffer refused the last draw: closing at alpha would start no new
+        # prompt, only split the stragglers into rounds of a few samples, each its own PutSamples. Until
+        # the next draw is due, the round waits for all of them; from then on alpha closes it as usual.
+        hold_until = self._redraw_at if not prompts and self._redraw_at > time.monotonic() else None
         finished: list[Event] = []
-        while len(finished) < need and call.running:
-            event = await call.next_event()
+        while call.running and (len(finished) < need or hold_until is not None):
+            if hold_until is None:
+                event = await call.next_event()
+            else:
+                try:
+                    event = await asyncio.wait_for(call.next_event(), max(0.0, hold_until - time.monotonic()))
+                except TimeoutError:
+                    hold_until = None
+                    continue
             if event.kind == "finished":
                 self._first_version.pop(event.seq_id, None)
                 finished.append(event)

@@ -43,3 +43,19 @@ def test_the_target_is_a_level_both_runs_reached() -> None:
 def test_no_gain_no_time_to_accuracy() -> None:
     flat = [(2.0 * i, 0.35) for i in range(20)]
     assert "sync_over_streaming" not in compare_fitted({"streaming": flat, "sync": curve(10, 0.2, 40, 0.0, 0)}, 0.35)
+
+
+def test_cpu_per_step_by_process_covers_the_rl_loop_only() -> None:
+    from benchmarks.mainjob import CpuSampler
+
+    sampler = CpuSampler([], names={})
+    # Start-up (t 0-10 s) costs the trainer 30 CPU seconds; then 10 steps cost rollout 2 s and trainer 5 s.
+    sampler.by_process = [
+        (1000.0, {"trainer": 0.0, "rollout": 0.0}),
+        (1010.0, {"trainer": 30.0, "rollout": 1.0}),
+        (1020.0, {"trainer": 35.0, "rollout": 3.0}),
+    ]
+    evals = [{"step": 0, "t_s": 10.0, "accuracy": 0.4}, {"step": 10, "t_s": 20.0, "accuracy": 0.5}]
+    per_step = sampler.per_step(evals, started_unix_s=1000.0)
+    assert per_step == {"rollout": 0.2, "trainer": 0.5}
+    assert sampler.per_step(evals[:1], started_unix_s=1000.0) == {}

@@ -50,3 +50,37 @@ async def test_refused_draws_back_off_doubling_to_a_cap_and_reset_when_served(
     assert feed.num_draws == 7 and len(feed.pushed) == GROUP  # the 7th draw was served and pushed
     await w.run(num_rounds=1)
     assert feed.num_draws == 8 and waits == [round(x, 6) for x in expected]  # served: no delay before it
+
+
+class ServingOnceThenFull(Feed):
+    """Hands out one draw, then refuses every further one; counts the pushes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.num_draws = 0
+        self.num_pushes = 0
+
+    async def next_prompts(self, num: int) -> tuple[list[PromptItem], int]:
+        self.num_draws += 1
+        if self.num_draws > 1:
+            raise ResourceExhausted("the experience buffer is full")
+        return await super().next_prompts(num)
+
+    async def put_samples(self, samples: list[streaming.ScoredSample]) -> None:
+        self.num_pushes += 1
+        await super().put_samples(samples)
+
+
+async def test_while_draws_are_refused_the_stragglers_finish_in_one_round_and_one_push(
+    generation: Generation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The next draw is due only in a minute: nothing new can start before the stragglers are done.
+    monkeypatch.setattr(streaming, "REDRAW_S", 60.0)
+    feed = ServingOnceThenFull()
+    w = worker(generation, feed, alpha=0.25)  # long completions: most outlive the first round
+    await w.run(num_rounds=1)
+    first = len(feed.pushed)
+    assert 0 < first < 4 * GROUP and w.num_carried == 4 * GROUP - first
+    await w.run(num_rounds=1)  # the draw is refused: this round holds until every straggler finished
+    assert feed.num_draws == 2 and w.num_carried == 0
+    assert feed.num_pushes == 2 and len(feed.pushed) == 4 * GROUP
