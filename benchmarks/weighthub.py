@@ -19,7 +19,8 @@ float32 tensors (256 MiB; 64 MiB with ``--quick``):
   copy out of a holder's shared memory is not hashed (the holder serves it under a read lease,
   only once it is in its memory hashed or verified), the naive scheme's reads below are. Timed
   from the start of ``publish`` (the trainer's copy into its buffers and hashing included) until
-  every reader holds the version. Two warm-up versions first, so buffers are touched and
+  every reader holds the version (its fetch returned: every chunk in its buffers and verified;
+  the hub hears of it in the background). Two warm-up versions first, so buffers are touched and
   connections made; the timed version differs in every chunk (a full read).
 - ``naive``: every reader reads every tensor straight from the trainer's ``TensorHolder`` with the
   same transport, two tensors at a time, every chunk hashed (the transport's default read). Timed
@@ -176,13 +177,15 @@ async def _hub_worker(
             async for version in reader.watch():
                 cpu_started = time.process_time()
                 await reader.fetch(version)
+                done_at = time.time()
+                await reader.reported()  # its CPU counts too (the ReportHeld after the fetch)
                 cpu_s = time.process_time() - cpu_started
                 stats = reader.last_fetch
                 conn.send(
                     (
                         "fetched",
                         version,
-                        time.time(),
+                        done_at,
                         dict(stats.sources),
                         stats.bytes_read,
                         stats.num_read_failures,
@@ -598,7 +601,7 @@ def simulator_check(figures: dict[str, Any], size_bytes: int) -> dict[str, Any]:
     The simulator models bytes moving through CPU copies, hashes and sockets on the host's cores,
     and the control plane as it is built: every hub RPC (a reader hearing of the version, with its
     first plan made in that turn of the hub's thread, each later plan's answer, each progress
-    report that makes chunks servable to others, the ReportHeld that ends a fetch, the trainer's
+    report that makes chunks servable to others, the ReportHeld after a fetch, the trainer's
     Publish) takes one measured hub round trip of the hub's single
     thread, so the RPCs of K readers queue there; every chunk read costs one measured small-read
     round trip on top of its bytes. It is told this machine's rates as measured in the same run:

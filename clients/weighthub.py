@@ -596,6 +596,8 @@ _READ_THREADS = 64
 """Transfer threads of a Reader's tensor reader (see ``Reader.start``)."""
 _PLAN_RPC_MARGIN_S = 5.0
 """A plan request's deadline beyond the time the hub may hold it open."""
+_CLOSE_REPORT_WAIT_S = 5.0
+"""How long :meth:`Reader.close` waits for ReportHeld calls still on their way (then cuts them)."""
 
 
 class _Progress:
@@ -750,7 +752,9 @@ class Reader:
         self._announced_plans: dict[int, pb.GetPlanResponse] = {}
         """First plans the watch brought with its announcements, not yet used by a fetch."""
         self._released: set[asyncio.Task[None]] = set()
-        """Reports to the hub running in the background: withdrawals, plans given back."""
+        """Reports to the hub running in the background: holdings, withdrawals, plans given back."""
+        self._reporting: dict[int, asyncio.Task[None]] = {}
+        """The ReportHeld of each version still on its way (a fetch does not wait for it)."""
         self.last_fetch = FetchStats()
 
     @property
@@ -779,7 +783,11 @@ class Reader:
 
     async def close(self) -> None:
         """Withdraw from the hub, stop serving and reading."""
-        # Withdrawals and unused plans given back: unregistering drops every holding and lease anyway.
+        # Reports of holdings still on their way end first (a moment, unless the hub is down), so
+        # that none reaches the hub after the unregistration. Withdrawals and unused plans given
+        # back are cut short: unregistering drops every holding and lease anyway.
+        if self._reporting:
+            await asyncio.wait(set(self._reporting.values()), timeout=_CLOSE_REPORT_WAIT_S)
         for task in list(self._released):
             task.cancel()
         await asyncio.gather(*self._released, return_exceptions=True)
@@ -847,13 +855,47 @@ class Reader:
 
     def _in_background(self, report: Coroutine[Any, Any, None]) -> None:
         """Send a report to the hub without waiting for it (:meth:`close` ends what is left)."""
-        task = asyncio.create_task(report)
+        self._track(asyncio.create_task(report))
+
+    def _track(self, task: asyncio.Task[None]) -> None:
         self._released.add(task)
         task.add_done_callback(self._released.discard)
 
+    async def reported(self) -> None:
+        """Wait until the hub has answered every report this reader has sent so far (a fetch returns
+        as soon as the version is here and verified, before the hub knows it holds it)."""
+        while self._released:
+            await asyncio.wait(set(self._released))
+
+    def _reported(self, version: int, task: asyncio.Task[None]) -> None:
+        if self._reporting.get(version) is task:
+            del self._reporting[version]
+
+    async def _report_held(self, version: int, root_hash: str) -> None:
+        """Tell the hub this reader holds ``version`` whole, retrying until it answers. Given up on
+        NOT_FOUND (the lease lapsed or the version is gone: re-registering reports every held
+        version again) and on INVALID_ARGUMENT (logged: the hub refuses this holding)."""
+        assert self._client is not None
+        delay_s = 0.05
+        while True:
+            try:
+                await self._client.report_held(_held_report(self.holder_id, self.model, version, True, root_hash))
+                return
+            except RPCError as exc:
+                if exc.code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
+                    logger.warning("ReportHeld of %s v%d refused: %s", self.model, version, exc)
+                    return
+                logger.warning(
+                    "ReportHeld of %s v%d failed (retrying in %.2f s): %s", self.model, version, delay_s, exc
+                )
+            await asyncio.sleep(delay_s)
+            delay_s = min(delay_s * 2, 2.0)
+
     async def fetch(self, version: int = 0, into: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """Fetch ``version`` (0: the latest), verified, into ``into`` (or buffers of its own); then
-        hold and serve it. Reads only the chunks that differ from a version it holds."""
+        hold and serve it. Reads only the chunks that differ from a version it holds. Returns once
+        every chunk is in and verified; the hub hears that this reader holds it in the background
+        (see :meth:`reported`)."""
         if self._client is None or self._reader is None:
             raise RuntimeError("Reader.start() first")
         async with self._lock:
@@ -943,13 +985,19 @@ class Reader:
         if not early:
             for tensor in manifest.tensors:
                 await holder.register(metas[tensor.name].name, destinations[tensor.name], meta=metas[tensor.name])
-        await self._client.report_held(_held_report(self.holder_id, self.model, version, True, manifest.root_hash))
-        if recycled is not None:
-            # Told after the new version's report, off the fetch's path: the hub answers the reports
-            # that readers wait on first. Its buffers serve no read since they were unserved above,
-            # so until the hub hears of it a read planned to it is refused and re-planned elsewhere.
-            self._in_background(self._report_withdrawn(recycled))
         self._held[version] = _Held(manifest=manifest, tensors=dict(destinations), owned=into is None)
+        # Every chunk is in and verified, and served: the fetch returns now, and the hub hears of it
+        # in the background (it plans later readers from this reader as a whole holder once it
+        # does; until then they read its chunks as those of one still fetching). A withdrawal of
+        # this version waits for the report, so the hub never lists it after it was withdrawn.
+        self._reporting[version] = task = asyncio.create_task(self._report_held(version, manifest.root_hash))
+        task.add_done_callback(lambda done: self._reported(version, done))
+        self._track(task)
+        if recycled is not None:
+            # Told after the new version's report: the hub answers the reports that readers wait on
+            # first. Its buffers serve no read since they were unserved above, so until the hub
+            # hears of it a read planned to it is refused and re-planned elsewhere.
+            self._in_background(self._report_withdrawn(recycled))
         while len(self._held) > self._keep_versions:
             await self._release(min(self._held))
         stats.seconds = time.monotonic() - started
@@ -1149,7 +1197,6 @@ class Reader:
         publisher hashed it from that memory; a reader verified or, the same way, copied it), so
         a same-host memcpy of it is exact. Chunks that cross a socket are always hashed."""
         assert self._reader is not None and self._client is not None
-        loop = asyncio.get_running_loop()
         chunk_size_bytes = manifest.chunk_size_bytes
         by_tensor: dict[str, list[tuple[int, int]]] = {}
         for index in read.chunk_indices:
@@ -1167,13 +1214,13 @@ class Reader:
         to_global = {(metas[name].name, local): index for name, pairs in by_tensor.items() for local, index in pairs}
 
         def on_verified(name: str, local: int) -> None:
-            # Called from the transfer's thread: serve it and record it at once, report it from
-            # the event loop.
+            # Called from the transfer's thread: serve it and record it at once. The hub hears of
+            # it with the source's finish (the progress is given the read's chunks as it ends):
+            # no event-loop wake-up per chunk, as none would make a report sooner (a fetch serving
+            # in flight is named for its chunks already; one that does not reports none).
             if serve_in_flight:
                 holder.mark_ready(name, (local,))
-            index = to_global[(name, local)]
-            verified.add(index)
-            loop.call_soon_threadsafe(progress.add_chunks, (index,))
+            verified.add(to_global[(name, local)])
 
         # The source's tensors in up to reads_per_source batches, each one transfer job (one
         # connection, one lease round trip per tensor), so the event loop pays per batch, not per tensor.
@@ -1200,6 +1247,7 @@ class Reader:
                 failures.append(exc)
 
         await asyncio.gather(*(batch(items[k::num_batches]) for k in range(num_batches)))
+        progress.add_chunks(verified)
         moved = sum(manifest.chunks[index].size_bytes for index in verified)
         if moved:
             stats.bytes_read += moved
@@ -1221,13 +1269,13 @@ class Reader:
                 )
         return set(verified)
 
-    async def _withdraw(self, version: int) -> None:
-        """Stop serving ``version``: withdraw it from the hub and wait for reads in flight."""
-        await asyncio.gather(self._report_withdrawn(version), self._unserve(version))
-
     async def _report_withdrawn(self, version: int) -> None:
-        """Tell the hub this reader no longer serves ``version`` (no new plans name it for it)."""
+        """Tell the hub this reader no longer serves ``version`` (no new plans name it for it), after
+        the report that it holds it, if that is still on its way."""
         assert self._client is not None
+        pending = self._reporting.get(version)
+        if pending is not None:
+            await asyncio.wait({pending})
         with contextlib.suppress(RPCError):
             await self._client.report_held(_held_report(self.holder_id, self.model, version, False))
 
@@ -1240,7 +1288,11 @@ class Reader:
             await self._membership.holder.unregister_many(names)
 
     async def _release(self, version: int) -> None:
-        await self._withdraw(version)
+        """Stop serving ``version`` once reads in flight end, and forget it. The hub hears of it in
+        the background (after its ReportHeld, if that is still on its way); until then a read it
+        plans to it is refused and re-planned elsewhere."""
+        self._in_background(self._report_withdrawn(version))
+        await self._unserve(version)
         self._held.pop(version, None)
 
     async def _heartbeat(self, reply: pb.HeartbeatResponse) -> None:

@@ -369,9 +369,10 @@ class HubOptions:
     hub_queue: bool = False
     """Model the hub's control plane as the one thread it is: every RPC (the version's announcement
     to each reader, each plan's answer, each progress report that makes chunks servable, each
-    ReportHeld that ends a fetch) takes ``control_s`` of that thread (and of the host's cores, where
-    they are modelled), so RPCs of many readers queue. False: a plan's answer and an announcement
-    cost ``control_s`` of latency, progress is seen at once and nothing queues."""
+    ReportHeld that makes a reader a whole holder once its fetch returned) takes ``control_s`` of
+    that thread (and of the host's cores, where they are modelled), so RPCs of many readers queue.
+    False: a plan's answer and an announcement cost ``control_s`` of latency, progress is seen at
+    once and nothing queues."""
     cut_through: bool = False
     """With ``serve_in_flight``: a read of a chunk its source is still fetching streams right
     behind the source's own read instead of waiting for the whole chunk -- what the Reader does
@@ -688,9 +689,11 @@ def simulate_hub(
             )
         if options.hub_queue:
             if not missing[reader_id]:
+                # Every chunk is in and verified: the fetch returns now; ReportHeld goes in the
+                # background and only its answer makes this reader a whole holder.
+                run.done_at_s[reader_id] = sim.now_s
 
-                def held() -> None:  # ReportHeld answered: the fetch returns, every chunk is served
-                    run.done_at_s[reader_id] = sim.now_s
+                def held() -> None:  # ReportHeld answered: every chunk is served
                     holder.chunks = set(range(num_chunks))
                     fetching[reader_id] = set()
                     wake_waiters()
@@ -1157,9 +1160,9 @@ def predict_local(
         chunk_sizes=[size_bytes / num_chunks] * num_chunks,
         options=replace(options, publish_s=publish_prepare_s + machine.rpc_s, chunk_latency_s=machine.read_latency_s),
     )
-    # With the hub's thread modelled, the announcement and ReportHeld are simulated RPCs; else
-    # readers hear of the version (watch) and report held: two round trips on top.
-    hub_s = max(hub.done_at_s.values()) + (0.0 if options.hub_queue else 2 * machine.rpc_s)
+    # With the hub's thread modelled, the announcement is a simulated RPC; else readers hear of the
+    # version (watch): one round trip on top (ReportHeld runs after the fetch returns).
+    hub_s = max(hub.done_at_s.values()) + (0.0 if options.hub_queue else machine.rpc_s)
     naive = simulate_naive(
         network,
         trainer="trainer",

@@ -149,6 +149,9 @@ class TensorHolder:
         self._servers: list[_Server] = []
         self._addresses: list[CarrierAddress] = []
         self._segments: list[SharedSegment] = []
+        self._segment_at: dict[int, SharedSegment] = {}
+        """Segments by the address of their first byte: a tensor from :meth:`allocate` registered
+        whole is found without a scan of every segment (a register per tensor per version)."""
         self._started = False
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -233,6 +236,7 @@ class TensorHolder:
         for segment in self._segments:
             segment.close()
         self._segments.clear()
+        self._segment_at.clear()
         self._started = False
 
     async def __aenter__(self) -> TensorHolder:
@@ -260,8 +264,10 @@ class TensorHolder:
         if "shm" not in self._carrier_names:
             return torch.empty(tuple(shape), dtype=dtype)
         self._segments = [s for s in self._segments if s.alive]
+        self._segment_at = {ptr: s for ptr, s in self._segment_at.items() if s.alive}
         segment, flat = SharedSegment.create(size_bytes, label or self.holder_id)
         self._segments.append(segment)
+        self._segment_at[flat.data_ptr()] = segment
         return flat.view(dtype).reshape(tuple(shape))
 
     async def register(
@@ -302,11 +308,15 @@ class TensorHolder:
         entry = Entry(
             meta=meta, tensor=tensor, flat=flat, pending={c: threading.Event() for c in pending} if pending else None
         )
-        for segment in self._segments:
-            offset = segment.offset_of(flat)
-            if offset is not None:
-                entry.segment, entry.segment_offset = segment, offset
-                break
+        at = self._segment_at.get(flat.data_ptr())
+        if at is not None and at.offset_of(flat) is not None:
+            entry.segment, entry.segment_offset = at, 0
+        else:
+            for segment in self._segments:
+                offset = segment.offset_of(flat)
+                if offset is not None:
+                    entry.segment, entry.segment_offset = segment, offset
+                    break
         self._leases.add(entry)
         logger.debug(
             "registered %r: %d bytes, %d chunks, shm=%s",

@@ -155,9 +155,11 @@ def test_hub_rpcs_queue_on_the_hubs_one_thread() -> None:
     queued = sim.HubOptions(control_s=0.01, hub_queue=True)
     one = sim.predict_local(machine, k=1, options=queued, **common)  # type: ignore[arg-type]
     eight = sim.predict_local(machine, k=8, options=queued, **common)  # type: ignore[arg-type]
-    # Every reader needs an announcement, a plan and a ReportHeld through the hub's one thread.
-    assert one["hub_s"] >= 3 * 0.01
-    assert eight["hub_s"] >= 8 * 3 * 0.01
+    # Every reader needs an announcement and a plan through the hub's one thread (its ReportHeld
+    # queues there too, but the fetch returns before it is answered: the commit's RPC, the
+    # announcement and the plan come before the one reader is done, not a fourth).
+    assert 3 * 0.01 <= one["hub_s"] < 4 * 0.01
+    assert eight["hub_s"] >= 8 * 2 * 0.01
     unqueued = sim.predict_local(machine, k=8, options=sim.HubOptions(control_s=0.01), **common)  # type: ignore[arg-type]
     assert unqueued["hub_s"] < eight["hub_s"]
     # A first plan sent with the announcement saves each reader its plan round trip on the thread.
@@ -165,7 +167,7 @@ def test_hub_rpcs_queue_on_the_hubs_one_thread() -> None:
     one_announced = sim.predict_local(machine, k=1, options=announced, **common)  # type: ignore[arg-type]
     eight_announced = sim.predict_local(machine, k=8, options=announced, **common)  # type: ignore[arg-type]
     assert 2 * 0.01 <= one_announced["hub_s"] <= one["hub_s"] - 0.01 + 1e-9
-    assert 8 * 2 * 0.01 <= eight_announced["hub_s"] < eight["hub_s"]
+    assert 8 * 0.01 <= eight_announced["hub_s"] < eight["hub_s"]
 
 
 def test_readers_serving_chunks_in_flight_start_at_once_and_the_trainer_sends_one_copy() -> None:
