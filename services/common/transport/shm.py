@@ -51,7 +51,13 @@ from services.common.transport.errors import CarrierUnavailable, PeerDisconnecte
 from services.common.transport.leases import LeaseTable, ReadLease
 from services.common.transport.meta import CarrierAddress, TensorMeta
 from services.common.transport.sink import ChunkSink
-from services.common.transport.sockets import BlockingJob, ConnectionPool, SocketServer, run_blocking
+from services.common.transport.sockets import (
+    BlockingJob,
+    ConnectionPool,
+    SocketServer,
+    run_blocking,
+    run_blocking_reads,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -184,14 +190,9 @@ class ShmClient:
     ) -> None:
         """Several reads from one holder, in order, in one transfer job over one connection; stops at
         the first that fails. Each sink's bytes are committed (hashed where it asks) as they land."""
-        job = BlockingJob()
-
-        def run() -> None:
-            for meta, sink in items:
-                self._fetch(job, address, meta, sink, deadline)
-                sink.finish()
-
-        await run_blocking(self._executor, job, run)
+        await run_blocking_reads(
+            self._executor, items, lambda job, meta, sink: self._fetch(job, address, meta, sink, deadline)
+        )
 
     def close(self) -> None:
         """Drop pooled control connections and cached mappings."""

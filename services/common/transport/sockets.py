@@ -16,8 +16,12 @@ import contextlib
 import logging
 import socket
 import threading
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:
+    from services.common.transport.meta import TensorMeta
+    from services.common.transport.sink import ChunkSink
 
 logger = logging.getLogger(__name__)
 
@@ -155,3 +159,20 @@ async def run_blocking(
         with contextlib.suppress(BaseException):
             await asyncio.wait_for(future, abort_grace_s)
         raise
+
+
+async def run_blocking_reads(
+    executor: concurrent.futures.Executor,
+    items: Sequence[tuple[TensorMeta, ChunkSink]],
+    read_one: Callable[[BlockingJob, TensorMeta, ChunkSink], object],
+) -> None:
+    """Several reads from one holder (``read_one`` each, then its sink finished), in order, in one
+    transfer job: a carrier's ``fetch_many``. Stops at the first read that fails."""
+    job = BlockingJob()
+
+    def run() -> None:
+        for meta, sink in items:
+            read_one(job, meta, sink)
+            sink.finish()
+
+    await run_blocking(executor, job, run)
