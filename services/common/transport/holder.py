@@ -308,15 +308,13 @@ class TensorHolder:
         entry = Entry(
             meta=meta, tensor=tensor, flat=flat, pending={c: threading.Event() for c in pending} if pending else None
         )
+        # A tensor from allocate() starts its segment (segments never overlap): no scan then.
         at = self._segment_at.get(flat.data_ptr())
-        if at is not None and at.offset_of(flat) is not None:
-            entry.segment, entry.segment_offset = at, 0
-        else:
-            for segment in self._segments:
-                offset = segment.offset_of(flat)
-                if offset is not None:
-                    entry.segment, entry.segment_offset = segment, offset
-                    break
+        for segment in (at,) if at is not None else self._segments:
+            offset = segment.offset_of(flat)
+            if offset is not None:
+                entry.segment, entry.segment_offset = segment, offset
+                break
         self._leases.add(entry)
         logger.debug(
             "registered %r: %d bytes, %d chunks, shm=%s",

@@ -303,13 +303,9 @@ class TensorReader:
                             await client.fetch(choice.address, sink.meta, sink, deadline)
                             sink.finish()
             except TransferError as exc:
+                # Both paths finish each sink as its read ends (a corrupt chunk stops the rest there).
                 failed = next((k for k, sink in enumerate(sinks) if sink.bad or sink.missing()), 0)
                 raise self._failed(exc, items[failed][0], choice, sinks[failed]) from exc
-            for (ref, _, _), sink in zip(items, sinks, strict=True):
-                try:
-                    sink.finish()
-                except TransferError as exc:
-                    raise self._failed(exc, ref, choice, sink) from exc
         seconds = time.monotonic() - started
         results = [
             ReadResult(

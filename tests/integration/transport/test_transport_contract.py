@@ -173,6 +173,25 @@ async def test_corrupted_holder_buffer_is_detected(holder: HolderProcess, reader
         assembly.tensor()
 
 
+async def test_read_many_refuses_a_corrupted_chunk_and_reads_nothing_after_it(
+    holder: HolderProcess, reader: TensorReader, carrier: str
+) -> None:
+    shape, dtype = (1 << 20,), torch.float32  # 4 MiB, 16 chunks
+    good = holder.register(f"many-good-{carrier}", shape, dtype, seed=11)
+    bad = holder.register(f"many-bad-{carrier}", shape, dtype, seed=12)
+    holder.call("corrupt", name=bad.meta.name, offset=bad.meta.chunk_range(3).offset + 5)
+    first, after = torch.empty(shape, dtype=dtype), torch.full(shape, -1.0)
+    with pytest.raises(ChunkHashMismatch) as info:
+        await reader.read_many(
+            [(good, first, None), (bad, torch.empty(shape, dtype=dtype), None), (good, after, None)],
+            carrier=carrier,
+            verify=True,
+        )
+    assert info.value.bad_chunks == (3,)
+    assert _same(first, pattern(shape, dtype, 11))
+    assert torch.equal(after, torch.full(shape, -1.0))
+
+
 async def test_unknown_name_is_a_clear_error(holder: HolderProcess, reader: TensorReader, carrier: str) -> None:
     ref = holder.register(f"known-{carrier}", (1024,), torch.float32, seed=1)
     ghost = TensorRef(meta=replace(ref.meta, name="no-such-tensor"), carriers=ref.carriers, holder_id=ref.holder_id)
