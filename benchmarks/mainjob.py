@@ -311,7 +311,6 @@ class CpuSampler:
         self.pids = pids
         self.names = names or {}
         self.every_s = every_s
-        self.samples: list[tuple[float, float]] = []
         self.by_process: list[tuple[float, dict[str, float]]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="cpu-sampler", daemon=True)
@@ -325,21 +324,23 @@ class CpuSampler:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            now, per_process = time.time(), process_cpu_seconds(self.pids, self.names)
-            self.samples.append((now, sum(per_process.values())))
-            self.by_process.append((now, per_process))
+            self.by_process.append((time.time(), process_cpu_seconds(self.pids, self.names)))
             self._stop.wait(self.every_s)
+
+    @property
+    def samples(self) -> list[tuple[float, float]]:
+        """(unix time, the stack's CPU seconds in all) of each sample."""
+        return [(t, sum(per_process.values())) for t, per_process in self.by_process]
 
     def clock(self, evals: list[dict[str, Any]], started_unix_s: float) -> list[tuple[float, float]]:
         """(stack CPU seconds since the first evaluation, accuracy) of each evaluation: accuracy against
         compute spent, whatever else the machine ran meanwhile."""
-        if not evals or not started_unix_s or len(self.samples) < 2:
+        samples = self.samples
+        if not evals or not started_unix_s or len(samples) < 2:
             return []
 
         def at(unix_s: float) -> float:
-            times = [t for t, _ in self.samples]
-            values = [c for _, c in self.samples]
-            return float(_at(list(zip(times, values, strict=True)), min(max(unix_s, times[0]), times[-1])))
+            return float(_at(samples, min(max(unix_s, samples[0][0]), samples[-1][0])))
 
         base = at(started_unix_s + float(evals[0]["t_s"]))
         return [(at(started_unix_s + float(e["t_s"])) - base, float(e["accuracy"])) for e in evals]
