@@ -96,6 +96,15 @@ class FlowSim:
         """Run ``callback`` ``delay_s`` from now."""
         heapq.heappush(self._timers, (self.now_s + max(0.0, delay_s), next(self._seq), callback))
 
+    def after_round_trip(self, round_trip_s: float, callback: Callable[[], object]) -> None:
+        """Run ``callback`` after a request's round trip: where the host's cores are modelled (one
+        host: loopback has no wire, a round trip is the two processes' work) ``round_trip_s`` of CPU
+        on them, queued behind copies when they are busy; elsewhere ``round_trip_s`` of latency."""
+        if "cpu" in self.capacities and round_trip_s > 0:
+            self.start(round_trip_s, {"cpu": 1.0}, callback, cap_bytes_per_s=1.0)
+        else:
+            self.at(round_trip_s, callback)
+
     def start(
         self,
         size_bytes: float,
@@ -648,12 +657,7 @@ def simulate_hub(
                     follow(inbound[(reader_id, chunk)])
 
             def start(leader: Flow | None = None) -> None:
-                if "cpu" in capacities and options.chunk_latency_s > 0:
-                    # On one host a round trip is the two processes' work (loopback has no wire):
-                    # it takes the host's cores, queued behind copies when they are busy.
-                    sim.start(options.chunk_latency_s, {"cpu": 1.0}, lambda: begin(leader), cap_bytes_per_s=1.0)
-                else:
-                    sim.at(options.chunk_latency_s, lambda: begin(leader))
+                sim.after_round_trip(options.chunk_latency_s, lambda: begin(leader))
 
             if source_is_reader and chunk not in have[holder_id]:
                 # Named before it arrived there (serve_in_flight): the read waits at the source,
@@ -788,10 +792,7 @@ def simulate_naive(
             def begin() -> None:
                 sim.start(per_request, uses, arrived, cap_bytes_per_s=cap)
 
-            if network.cpu_cores and request_latency_s > 0:
-                sim.start(request_latency_s, {"cpu": 1.0}, begin, cap_bytes_per_s=1.0)  # as in simulate_hub
-            else:
-                sim.at(request_latency_s, begin)
+            sim.after_round_trip(request_latency_s, begin)
 
         def arrived() -> None:
             running[0] -= 1
