@@ -328,7 +328,7 @@ async def hub_scheme(
         for conn in conns:
             assert await _recv(conn) == "started"
         versions = [model_weights(size_bytes, seed) for seed in range(1, 3 + reps)]
-        samples, egress, served, plans, cpu = [], [], [], [], []
+        samples, served, plans, cpu = [], [], [], []
         for version, tensors in enumerate(versions, start=1):
             started = time.time()
             await publisher.publish(version, tensors)
@@ -337,15 +337,14 @@ async def hub_scheme(
             if version > 2:
                 samples.append(max(d[2] for d in done) - started)
                 served.append(sum(d[3].get(publisher.holder_id, 0) for d in done))
-                # Every reader shares the trainer's host (shared memory, read in place) or none does.
-                egress.append(served[-1] if net else 0)
                 plans.append(statistics.mean(d[6] for d in done))
                 cpu.append(statistics.mean(d[7] for d in done))
         result = {
             "seconds": statistics.median(samples),
             "samples_s": samples,
-            "egress_bytes": max(egress),
-            "egress_per_version": max(egress) / size_bytes,
+            # Every reader shares the trainer's host (shared memory, read in place) or none does.
+            "egress_bytes": max(served) if net else 0,
+            "egress_per_version": (max(served) if net else 0) / size_bytes,
             "served_per_version": max(served) / size_bytes,
             "plans_per_reader": statistics.mean(plans),
             "reader_cpu_s": statistics.median(cpu),
