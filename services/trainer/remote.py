@@ -141,6 +141,9 @@ class DataPlaneFeed:
         self._ready_estimate = 0.0
         """Colocated: samples all ranks put that the buffer keeps and no batch took yet (an estimate:
         it starts at 0 after a restart, so the first batch may be over-filled by one round)."""
+        self.batch_timeouts = 0
+        """Colocated: NextBatch calls that ran out their deadline (each idles the step for
+        ``NEXT_BATCH_WAIT_S``) because the estimate above was wrong."""
 
     def _produce(self, engine: Engine, step: int, round_no: int) -> int | None:
         """One colocated round: draw this rank's prompts, generate, put; the samples the buffer keeps
@@ -217,7 +220,15 @@ class DataPlaneFeed:
     def _fill(self, engine: Engine, step: int) -> None:
         """Colocated: rounds on every rank until the samples kept since the last batch fill one (the
         ranks agree on the count, so they leave together; a round that could not fill a batch is not
-        followed by a NextBatch that would wait for samples nobody is making)."""
+        followed by a NextBatch that would wait for samples nobody is making).
+
+        A rank refused prompts (buffer full) while another rank's prompts took the room does not end
+        the filling: every rank puts its groups before the round's count, so the next round finds the
+        room that the uniform groups among them left. Only a round in which every rank was refused
+        goes to NextBatch (the buffer then holds a batch, or prompts issued before a restart that will
+        be reissued). Ending on the first refusal made a synchronous step wait out NextBatch's deadline
+        whenever dynamic sampling dropped many groups (2 s each time, most of a step at low reward).
+        """
         r = engine.spec.rollout
         batch = r.prompts_per_step * r.group_size
         for round_no in range(MAX_FILL_ROUNDS):
@@ -226,8 +237,8 @@ class DataPlaneFeed:
             produced = self._produce(engine, step, round_no)
             kept, num_full = engine.comm.sum_floats([float(produced or 0), float(produced is None)])
             self._ready_estimate += kept
-            if num_full:
-                return  # the buffer is full: NextBatch waits for what is in it (or the prompts reissued)
+            if num_full >= engine.comm.world:
+                return  # no rank had room: NextBatch waits for what is in it (or the prompts reissued)
         raise DeadlineExceeded(
             f"dataplane plan {self._plan_id}: batch {step} not filled after {MAX_FILL_ROUNDS} rounds"
         )
@@ -255,6 +266,7 @@ class DataPlaneFeed:
             except RPCError as exc:
                 if exc.code.name != "DEADLINE_EXCEEDED":
                     raise
+                self.batch_timeouts += 1
                 self._ready_estimate = 0.0  # the estimate was wrong (samples dropped as stale): fill anew
         else:
             raise DeadlineExceeded(
