@@ -2,10 +2,12 @@
 
 The ranks' own generation (colocated rollouts and greedy evaluation). On CPU it runs the rollout
 server's decode path (``services.rollout.decoder``: fused projections over a preallocated cache, a
-few torch calls per layer and step): one batched forward prefills the distinct prompts (a group's
-samples share theirs), then one batched decode step per new token. Elsewhere (CUDA, or an
-architecture that path does not run) Hugging Face's model with its own cache does the same. Finished
-sequences keep stepping with the batch (answers here are a few tokens; compaction would cost more).
+few torch calls per layer and step): its batched prefill runs the distinct prompts once (a group's
+samples share theirs; the prefix all prompts share runs once too), then one batched decode step per
+new token. Elsewhere (CUDA, or an
+architecture that path does not run) Hugging Face's model with its own cache does the same. On CPU a
+finished sequence leaves the batch (its slot is filled from the end): with a long tail of answer
+lengths the last steps run only the answers still being written, as a continuous-batching server's do.
 """
 
 from __future__ import annotations
@@ -78,12 +80,11 @@ def _sample_cpu(
         pass  # an architecture the decode path does not run, or weights it refuses: the general path
     else:
         if max(len(p) for p in prompts) + max_new_tokens <= arch.max_positions:
-            return _sample_fast(model, arch, weights, prompts, max_new_tokens, eos_id, temperature, greedy, generator)
+            return _sample_fast(arch, weights, prompts, max_new_tokens, eos_id, temperature, greedy, generator)
     return _sample_hf(model, prompts, max_new_tokens, eos_id, pad_id, temperature, greedy, generator, "cpu")
 
 
 def _sample_fast(
-    model: torch.nn.Module,
     arch: fast.Arch,
     weights: fast.Weights,
     prompts: Sequence[Sequence[int]],
@@ -96,7 +97,7 @@ def _sample_fast(
     batch = len(prompts)
     cache = fast.KVCache(arch, batch, max(len(p) for p in prompts) + max_new_tokens)
     decoder = fast.Decoder(arch, cache)
-    _prefill(model, cache, [p[:-1] for p in prompts])
+    _prefill(decoder, weights, [p[:-1] for p in prompts])
     tokens = torch.tensor([p[-1] for p in prompts], dtype=torch.int64)
     positions = torch.tensor([len(p) - 1 for p in prompts], dtype=torch.int64)
     keys = (
@@ -114,43 +115,62 @@ def _sample_fast(
         any_top_p=False,
         all_greedy=greedy,
     )
-    done = torch.zeros(batch, dtype=torch.bool)
-    steps: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    rows = torch.arange(batch)  # the prompt each active slot holds: finished sequences leave the batch
+    out_tokens = torch.full((batch, max_new_tokens), eos_id, dtype=torch.int64)
+    out_logprobs = torch.zeros(batch, max_new_tokens)
+    out_alive = torch.zeros(batch, max_new_tokens, dtype=torch.bool)
     for step in range(max_new_tokens):
         logits = decoder.step(weights, tokens, positions, int(positions.max()) + 1)
         sampler.counters.fill_(step)
         tokens, logprobs = fast.sample(logits, sampler)
-        steps.append((tokens, logprobs, ~done))
-        done = done | (tokens == eos_id)
-        if bool(done.all()):
+        out_tokens[rows, step] = tokens
+        out_logprobs[rows, step] = logprobs
+        out_alive[rows, step] = True
+        finished = tokens == eos_id
+        if bool(finished.all()):
             break
         positions = positions + 1
-    return _collect(steps, eos_id)
+        if bool(finished.any()):
+            order = _compact(cache, finished, positions)
+            rows, tokens, positions = rows[order], tokens[order], positions[order]
+            sampler.temperature, sampler.keys = sampler.temperature[order], sampler.keys[order]
+            sampler.top_k, sampler.top_p = sampler.top_k[order], sampler.top_p[order]
+            sampler.counters = sampler.counters[order]
+    return _rows(out_tokens, out_logprobs, out_alive, eos_id)
 
 
-def _prefill(model: torch.nn.Module, cache: fast.KVCache, contexts: Sequence[Sequence[int]]) -> None:
-    """Keys and values of ``contexts[i]`` (positions 0..) into slot i: one batched forward over the
-    distinct contexts, each then shifted from its left padding to the start of every slot that shares it."""
-    rows: dict[tuple[int, ...], int] = {}
-    owner = torch.tensor([rows.setdefault(tuple(c), len(rows)) for c in contexts])
-    lengths = torch.tensor([len(c) for c in rows])
-    width = int(lengths.max())
-    if width == 0:
-        return
-    ids = torch.zeros((len(rows), width), dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, c in enumerate(rows):
-        if c:
-            ids[i, width - len(c) :] = torch.tensor(c)
-            mask[i, width - len(c) :] = 1
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
-    shift = ((width - lengths)[:, None] + torch.arange(width)[None, :]).clamp(max=width - 1)
-    index = shift[:, None, :, None]
-    for layer, keys, values in zip(out.cache.layers, cache.keys, cache.values, strict=True):
-        gather = index.expand(-1, layer.keys.shape[1], -1, layer.keys.shape[3])
-        keys[:, :, :width] = layer.keys.gather(2, gather)[owner]
-        values[:, :, :width] = layer.values.gather(2, gather)[owner]
+def _compact(cache: fast.KVCache, finished: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Drop the finished rows from slots 0..B-1: the unfinished rows beyond the new width move into the
+    holes below it (as many cache copies as rows finished, at most); the old row of each new one."""
+    keep = (~finished).tolist()
+    width = sum(keep)
+    order = list(range(width))
+    movers = [row for row in range(width, len(keep)) if keep[row]]
+    holes = [row for row in range(width) if not keep[row]]
+    for hole, row in zip(holes, movers, strict=True):
+        cache.copy_slot(row, hole, int(positions[row]))
+        order[hole] = row
+    return torch.tensor(order, dtype=torch.int64)
+
+
+def _prefill(decoder: fast.Decoder, weights: fast.Weights, contexts: Sequence[Sequence[int]]) -> None:
+    """Keys and values of ``contexts[i]`` (positions 0..) into slot i: the distinct contexts through the
+    decode path's batched prefill (the prefix every prompt shares, such as ``Compute ``, runs once), then
+    copied to every other slot that shares one (a group's samples)."""
+    first: dict[tuple[int, ...], int] = {}
+    sources: list[tuple[int, int]] = []
+    copies: list[tuple[int, int]] = []
+    for slot, context in enumerate(contexts):
+        owner = first.setdefault(tuple(context), slot)
+        (sources if owner == slot else copies).append((owner, slot))
+    decoder.prefill_many(weights, [contexts[slot] for _, slot in sources], [slot for _, slot in sources])
+    if copies:
+        width = max(len(c) for c in contexts)
+        src = torch.tensor([owner for owner, _ in copies])
+        dst = torch.tensor([slot for _, slot in copies])
+        for keys, values in zip(decoder.cache.keys, decoder.cache.values, strict=True):
+            keys[dst, :, :width] = keys[src, :, :width]
+            values[dst, :, :width] = values[src, :, :width]
 
 
 def _sample_hf(
@@ -204,9 +224,12 @@ def _sample_hf(
 
 
 def _collect(steps: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], eos_id: int) -> Generated:
-    tok_m = torch.stack([s[0] for s in steps], 1).cpu()
-    lp_m = torch.stack([s[1] for s in steps], 1).cpu()
-    alive_m = torch.stack([s[2] for s in steps], 1).cpu()
+    tok_m, lp_m, alive_m = (torch.stack([s[i] for s in steps], 1).cpu() for i in range(3))
+    return _rows(tok_m, lp_m, alive_m, eos_id)
+
+
+def _rows(tok_m: torch.Tensor, lp_m: torch.Tensor, alive_m: torch.Tensor, eos_id: int) -> Generated:
+    """Each sequence's completion from (B, steps) tokens, log-probabilities and alive flags."""
     lengths = alive_m.sum(dim=1).tolist()
     tok_rows, lp_rows = tok_m.tolist(), lp_m.tolist()
     result = Generated([], [], [])

@@ -6,7 +6,7 @@ import torch
 from transformers import DynamicCache
 
 from services.trainer.engine import TrainSample, _length_buckets, _pack, completion_logits
-from services.trainer.generate import _sample_hf, sample
+from services.trainer.generate import Generated, _sample_hf, sample
 from services.trainer.model import build_model
 from tests.unit.trainer.conftest import TINY_MODEL
 
@@ -84,3 +84,28 @@ def test_fast_generation_matches_the_model_and_is_seeded() -> None:
             s = batch_of([prompt], [tokens])[0]
             expected = torch.log_softmax(alone(model, s), -1).gather(-1, torch.tensor(tokens)[:, None]).squeeze(-1)
             assert torch.allclose(torch.tensor(logprobs), expected, atol=1e-4)
+
+
+def test_finished_answers_leave_the_batch_without_changing_the_others() -> None:
+    model = build_model(TINY_MODEL, seed=5).eval()
+    prompts = [[40 + i, 41 + 2 * i, 42 + 3 * i] for i in range(16)]
+
+    def draw(eos: int) -> Generated:
+        return sample(model, prompts, max_new_tokens=12, eos_id=eos, generator=torch.Generator().manual_seed(3))
+
+    # Without an EOS every row runs 12 steps; take as EOS a token the rows first write at different steps.
+    free = draw(-1)
+    first: dict[int, set[int]] = {}
+    for row in free.tokens:
+        for token in set(row):
+            first.setdefault(token, set()).add(row.index(token))
+    eos = max(first, key=lambda t: len(first[t]))
+    assert len(first[eos]) >= 3, "the tiny model should end its rows at three different steps at least"
+    # A row's draws depend on its own key and history only: with the EOS each row is its free run cut
+    # after the first EOS, however many rows left the batch before it.
+    ended = draw(eos)
+    assert len({len(t) for t in ended.tokens}) >= 3
+    for row, (tokens, logprobs, finished) in enumerate(zip(ended.tokens, ended.logprobs, ended.finished, strict=True)):
+        n = free.tokens[row].index(eos) + 1 if eos in free.tokens[row] else 12
+        assert tokens == free.tokens[row][:n] and finished == (eos in free.tokens[row])
+        assert torch.allclose(torch.tensor(logprobs), torch.tensor(free.logprobs[row][:n]), atol=1e-4)
