@@ -406,6 +406,7 @@ class Engine:
         self.model = build_model(spec.model.config_json, spec.model.checkpoint_path, seed=spec.seed).to(self.device)
         self.task = tasks.TaskSpec(
             num_terms=spec.task.num_terms,
+            max_terms=spec.task.max_terms,
             max_value=spec.task.max_value,
             ops=spec.task.ops,
             num_warm_start=spec.task.num_warm_start,

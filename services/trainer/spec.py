@@ -45,7 +45,9 @@ class TaskConf:
     """The generated arithmetic task (see ``services.trainer.task``)."""
 
     num_terms: int = 2
-    """Operands per problem."""
+    """Operands per problem (the fewest, with ``max_terms``)."""
+    max_terms: int = 0
+    """Most operands per problem, a long tail of answer lengths; 0 for ``num_terms``."""
     max_value: int = 99
     """Largest operand."""
     ops: str = "+"

@@ -9,6 +9,11 @@ answer writes the running value after each operation, left to right, then a newl
 ``Compute 47 + 38 - 12.`` -> ``85 73\n``; with two terms it is the result alone. The verifier takes
 the last integer of the answer and compares it with the value of the expression (evaluated left to
 right, as the worked answer does).
+
+With ``max_terms`` above ``num_terms`` the number of operands varies from problem to problem, each
+extra operand half as likely as the one before: most answers are short and a few are several times
+longer, the long tail of answer lengths that reasoning RL has (and that makes a synchronous batch wait
+for its slowest answer).
 """
 
 from __future__ import annotations
@@ -41,7 +46,10 @@ class TaskSpec:
     """Shape of the generated problems and the sizes of the three sets."""
 
     num_terms: int = 2
-    """Operands per problem (num_terms - 1 operations: the steps of a worked answer)."""
+    """Operands per problem (num_terms - 1 operations: the steps of a worked answer); the fewest with
+    ``max_terms``."""
+    max_terms: int = 0
+    """Most operands per problem; 0 for ``num_terms``. Above it, problem sizes follow ``TAIL``."""
     max_value: int = 99
     """Operands are drawn from 0 .. max_value."""
     ops: str = "+"
@@ -56,6 +64,10 @@ class TaskSpec:
     def __post_init__(self) -> None:
         if not 2 <= self.num_terms <= 8:
             raise InvalidArgument(f"task.num_terms={self.num_terms}: must be in 2..8")
+        if self.max_terms and not self.num_terms <= self.max_terms <= 8:
+            raise InvalidArgument(
+                f"task.max_terms={self.max_terms}: must be 0 (= num_terms) or in num_terms ({self.num_terms})..8"
+            )
         if not 1 <= self.max_value <= 10**6:
             raise InvalidArgument(f"task.max_value={self.max_value}: must be in 1..1000000")
         if not self.ops or set(self.ops) - set("+-*"):
@@ -64,6 +76,25 @@ class TaskSpec:
             raise InvalidArgument(
                 f"task.num_warm_start={self.num_warm_start}, task.num_eval={self.num_eval}: must be >= 1"
             )
+
+
+TAIL = 0.5
+"""With ``max_terms``: each operand beyond ``num_terms`` is this much less likely than one fewer."""
+
+
+def num_terms_of(spec: TaskSpec, rng: random.Random) -> int:
+    """Operands of one problem: ``num_terms``, or with ``max_terms`` a draw from the long tail."""
+    top = max(spec.max_terms, spec.num_terms)
+    weights = [TAIL**k for k in range(top - spec.num_terms + 1)]
+    return spec.num_terms + rng.choices(range(len(weights)), weights)[0] if top > spec.num_terms else top
+
+
+def max_answer_tokens(spec: TaskSpec) -> int:
+    """Characters of the longest worked answer plus its newline: what ``max_new_tokens`` must allow."""
+    top = max(spec.max_terms, spec.num_terms)
+    largest = spec.max_value**top if "*" in spec.ops else spec.max_value * top
+    width = len(str(largest)) + ("-" in spec.ops)
+    return (top - 1) * (width + 1)
 
 
 def _rng(seed: int, stream: str, index: int) -> random.Random:
@@ -76,7 +107,7 @@ def make_problem(spec: TaskSpec, stream: str, index: int) -> Problem:
     value = rng.randint(0, spec.max_value)
     text = [str(value)]
     steps = []
-    for _ in range(spec.num_terms - 1):
+    for _ in range(num_terms_of(spec, rng) - 1):
         op = rng.choice(spec.ops)
         operand = rng.randint(0, spec.max_value)
         value = value + operand if op == "+" else value - operand if op == "-" else value * operand

@@ -77,6 +77,10 @@ def test_a_partial_spec_keeps_the_other_defaults(tmp_path: Path) -> None:
         ({"algorithm": {"mini_batch_size": 129}}, "algorithm.mini_batch_size"),
         ({"rollout": {"num_servers": -1}}, "rollout.num_servers"),
         ({"rollout": {"buffered_batches": 0}}, "rollout.buffered_batches"),
+        ({"task": {"max_terms": 2}}, "task.max_terms"),
+        ({"task": {"max_terms": 9}}, "task.max_terms"),
+        # 8 terms of up to 9 write answers of up to 21 characters: 8 tokens cannot hold them.
+        ({"task": {"max_terms": 8}, "rollout": {"max_new_tokens": 8}}, "rollout.max_new_tokens"),
     ],
 )
 def test_a_bad_spec_is_refused_with_the_field_named(data: dict[str, object], field: str) -> None:

@@ -38,9 +38,34 @@ def test_held_out_set_is_disjoint_from_warm_start_and_rl_prompts_carry_no_answer
     assert prompt.startswith("Compute ") and prompt.endswith(".")
 
 
+def test_max_terms_gives_a_long_tail_of_answer_lengths() -> None:
+    spec = task.TaskSpec(num_terms=2, max_terms=6, max_value=9, num_warm_start=2000, num_eval=20)
+    counts = [0] * 7
+    longest = 0
+    for problem in task.warm_start_set(spec):
+        terms = len(problem.prompt.split()) // 2
+        counts[terms] += 1
+        longest = max(longest, len(problem.worked_answer) + 1)
+        assert task.verify(problem.prompt, problem.worked_answer + "\n") == 1.0
+    # Each extra operand half as likely as one fewer: about 1032, 516, 258, 129, 65 of 2000.
+    assert counts[2] > counts[3] > counts[4] > counts[5] > counts[6] > 0
+    assert 0.4 < counts[3] / counts[2] < 0.6
+    assert longest <= task.max_answer_tokens(spec) == 5 * 3
+    # Without max_terms the problems are what they always were (the same draws).
+    plain = task.TaskSpec(num_terms=3, max_value=9)
+    assert [task.make_problem(plain, "rl", i) for i in range(20)] == [
+        task.make_problem(task.TaskSpec(num_terms=3, max_terms=3, max_value=9), "rl", i) for i in range(20)
+    ]
+
+
 @pytest.mark.parametrize(
     ("kwargs", "field"),
-    [({"num_terms": 1}, "task.num_terms"), ({"ops": "/"}, "task.ops"), ({"num_eval": 0}, "task.num_eval")],
+    [
+        ({"num_terms": 1}, "task.num_terms"),
+        ({"num_terms": 4, "max_terms": 3}, "task.max_terms"),
+        ({"ops": "/"}, "task.ops"),
+        ({"num_eval": 0}, "task.num_eval"),
+    ],
 )
 def test_bad_task_specs_name_the_field(kwargs: dict[str, object], field: str) -> None:
     with pytest.raises(InvalidArgument, match=field):

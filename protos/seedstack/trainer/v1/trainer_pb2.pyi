@@ -110,18 +110,20 @@ class WarmStartConfig(_message.Message):
     def __init__(self, num_steps: _Optional[int] = ..., learning_rate: _Optional[float] = ..., batch_size: _Optional[int] = ...) -> None: ...
 
 class TaskConfig(_message.Message):
-    __slots__ = ("num_terms", "max_value", "ops", "num_warm_start", "num_eval")
+    __slots__ = ("num_terms", "max_terms", "max_value", "ops", "num_warm_start", "num_eval")
     NUM_TERMS_FIELD_NUMBER: _ClassVar[int]
+    MAX_TERMS_FIELD_NUMBER: _ClassVar[int]
     MAX_VALUE_FIELD_NUMBER: _ClassVar[int]
     OPS_FIELD_NUMBER: _ClassVar[int]
     NUM_WARM_START_FIELD_NUMBER: _ClassVar[int]
     NUM_EVAL_FIELD_NUMBER: _ClassVar[int]
     num_terms: int
+    max_terms: int
     max_value: int
     ops: str
     num_warm_start: int
     num_eval: int
-    def __init__(self, num_terms: _Optional[int] = ..., max_value: _Optional[int] = ..., ops: _Optional[str] = ..., num_warm_start: _Optional[int] = ..., num_eval: _Optional[int] = ...) -> None: ...
+    def __init__(self, num_terms: _Optional[int] = ..., max_terms: _Optional[int] = ..., max_value: _Optional[int] = ..., ops: _Optional[str] = ..., num_warm_start: _Optional[int] = ..., num_eval: _Optional[int] = ...) -> None: ...
 
 class RolloutConfig(_message.Message):
     __slots__ = ("prompts_per_step", "group_size", "max_new_tokens", "temperature", "colocated")
