@@ -286,7 +286,7 @@ class LongTailFeed:
         self.count = 0
         self.pushed = 0
 
-    async def next_prompts(self, num: int) -> tuple[list[PromptItem], int]:
+    async def next_prompts(self, num: int, wait_s: float = 0.0) -> tuple[list[PromptItem], int]:
         items = []
         for _ in range(num):
             i = self.count

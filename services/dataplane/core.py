@@ -32,6 +32,8 @@ from services.dataplane.spec import Plan, parse_plan
 logger = logging.getLogger(__name__)
 
 REQUEST_TTL_S = 24 * 3600
+MAX_PROMPT_WAIT_S = 60.0
+"""Longest NextPrompts wait for room in the experience buffer."""
 
 
 @dataclass
@@ -494,12 +496,19 @@ class DataPlane:
             raise FailedPrecondition(f"plan {runtime.plan_id} is not an RL plan (its spec has no rl section)")
         return runtime.buffer
 
-    async def next_prompts(self, request_id: str, plan_id: str, consumer_id: str, num_prompts: int) -> list[PromptDraw]:
-        """Up to ``num_prompts`` prompts: overdue ones again first, then new draws."""
+    async def next_prompts(
+        self, request_id: str, plan_id: str, consumer_id: str, num_prompts: int, wait_s: float = 0.0
+    ) -> list[PromptDraw]:
+        """Up to ``num_prompts`` prompts: overdue ones again first, then new draws; with ``wait_s`` a
+        full buffer is waited on (up to that long) rather than refused at once."""
         if num_prompts <= 0 or num_prompts > 4096:
             raise InvalidArgument(f"num_prompts={num_prompts}: must be 1..4096")
         if not consumer_id:
             raise InvalidArgument("consumer_id='': name the rollout server asking")
+        if not 0 <= wait_s <= MAX_PROMPT_WAIT_S:
+            raise InvalidArgument(f"wait_s={wait_s}: must be 0..{MAX_PROMPT_WAIT_S:g} seconds")
+        if wait_s > 0 and await self.meta.get_json(self.meta.key("request", request_id)) is None:
+            await self._await_room(plan_id, wait_s)
 
         async def draw() -> dict[str, Any]:
             runtime = await self._open(plan_id)
@@ -521,6 +530,27 @@ class DataPlane:
 
         result = await self._once(request_id, draw)
         return [PromptDraw(**p) for p in result["prompts"]]
+
+    async def _await_room(self, plan_id: str, wait_s: float) -> None:
+        """Return once the buffer has room for a group or an overdue prompt to hand out again, or after
+        ``wait_s``. The condition is checked holding ``runtime.changed``, which every change notifies
+        under, so a change between the check and the wait is not missed."""
+        runtime = await self._open(plan_id)
+        buffer = self._rl(runtime)
+        deadline = time.monotonic() + wait_s
+        async with runtime.changed:
+            while True:
+                async with runtime.lock:
+                    if buffer.room_for_groups() or buffer.overdue(self.config.prompt_timeout_s, now_s()):
+                        return
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                try:
+                    # Overdue prompts become due without a change: look again at least every second.
+                    await asyncio.wait_for(runtime.changed.wait(), timeout=min(remaining, 1.0))
+                except TimeoutError:
+                    pass
 
     async def _draw_prompts(self, runtime: PlanRuntime, count: int) -> list[PromptDraw]:
         assert runtime.prompt_mix is not None
@@ -595,6 +625,8 @@ class DataPlane:
                     await asyncio.wait_for(runtime.changed.wait(), timeout=min(remaining, 1.0))
                 except TimeoutError:
                     pass
+        async with runtime.changed:
+            runtime.changed.notify_all()  # a batch taken frees the buffer: NextPrompts waiting for room
         plan = runtime.plan
         costs = [sample_cost(s.length, plan.cost_alpha, plan.cost_beta) for s in samples]
         bins = partition(costs, runtime.num_ranks)

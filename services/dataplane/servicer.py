@@ -116,7 +116,7 @@ class DataPlaneServicer(dataplane_pb2_grpc.DataPlaneServicer):
         self, request: pb.NextPromptsRequest, context: grpc.aio.ServicerContext
     ) -> pb.NextPromptsResponse:
         draws = await self.core.next_prompts(
-            request.request_id, request.plan_id, request.consumer_id, request.num_prompts
+            request.request_id, request.plan_id, request.consumer_id, request.num_prompts, request.wait_s
         )
         runtime = await self.core.get(request.plan_id)
         assert runtime.plan.rl is not None

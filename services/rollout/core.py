@@ -31,7 +31,14 @@ from services.rollout.engine import (
 )
 from services.rollout.generation import EventRouter, Generation
 from services.rollout.model import build_model, load_tokenizer
-from services.rollout.streaming import PromptItem, RolloutSettings, RolloutWorker, ScoredSample, score_event
+from services.rollout.streaming import (
+    NextPrompts,
+    PromptItem,
+    RolloutSettings,
+    RolloutWorker,
+    ScoredSample,
+    score_event,
+)
 from services.rollout.verifiers import Verdict, Verifiers
 from services.rollout.weights import UpdateResult, WeightSource, WeightUpdater
 
@@ -41,8 +48,9 @@ logger = logging.getLogger(__name__)
 class DataPlaneLink(Protocol):
     """The data-plane side of the worker loop for one plan."""
 
-    async def next_prompts(self, num_prompts: int) -> tuple[list[PromptItem], int]:
-        """Up to ``num_prompts`` prompts and the plan's group size."""
+    async def next_prompts(self, num_prompts: int, wait_s: float = 0.0) -> tuple[list[PromptItem], int]:
+        """Up to ``num_prompts`` prompts and the plan's group size; a full buffer is waited on up to
+        ``wait_s`` before ResourceExhausted."""
         ...
 
     async def put_samples(self, samples: list[ScoredSample]) -> None:
@@ -286,9 +294,9 @@ class RolloutCore:
 
         await self._once(request_id, action)
 
-    def _next_prompts(self, link: DataPlaneLink) -> Callable[[int], Awaitable[tuple[list[PromptItem], int]]]:
-        async def draw(num: int) -> tuple[list[PromptItem], int]:
-            prompts, group_size = await link.next_prompts(num)
+    def _next_prompts(self, link: DataPlaneLink) -> NextPrompts:
+        async def draw(num: int, wait_s: float = 0.0) -> tuple[list[PromptItem], int]:
+            prompts, group_size = await link.next_prompts(num, wait_s)
             fits = []
             for p in prompts:
                 try:

@@ -71,8 +71,9 @@ class DataPlaneRlLink:
         self._encode = encode
         self._draws = 0
 
-    async def next_prompts(self, num_prompts: int) -> tuple[list[PromptItem], int]:
-        """Draw prompts (each call a fresh request id, so a retried call returns the same prompts)."""
+    async def next_prompts(self, num_prompts: int, wait_s: float = 0.0) -> tuple[list[PromptItem], int]:
+        """Draw prompts (each call a fresh request id, so a retried call returns the same prompts); with
+        ``wait_s`` the data plane holds the call up to that long while its buffer has no room."""
         self._draws += 1
         try:
             reply = await self._client.next_prompts(
@@ -81,6 +82,7 @@ class DataPlaneRlLink:
                     plan_id=self._plan_id,
                     consumer_id=self._producer_id,
                     num_prompts=num_prompts,
+                    wait_s=wait_s,
                 )
             )
         except RPCError as exc:

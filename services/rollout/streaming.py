@@ -42,6 +42,10 @@ tracer = trace.get_tracer("seedstack.rollout")
 _PROPAGATOR = TraceContextTextMapPropagator()
 REDRAW_S = 0.1
 """Delay before asking again after the first refused draw."""
+PROMPT_WAIT_S = 5.0
+"""A worker with nothing left to decode asks the data plane to hold its draw up to this long while the
+buffer is full: the prompts come the moment the trainer takes a batch (or a uniform group is dropped),
+where a refused draw retried after a delay left the slots idle for up to that delay."""
 MAX_REDRAW_S = 1.0
 """Longest delay between refused draws: a full buffer holds at least a batch, ready for the trainer's
 next step, so a later refill costs the trainer nothing while its steps take longer than this."""
@@ -101,8 +105,9 @@ class RolloutCounters:
     round_s: list[float] = field(default_factory=list)
 
 
-NextPrompts = Callable[[int], Awaitable[tuple[list[PromptItem], int]]]
-"""(num_prompts) -> (prompts, group size); raises ResourceExhausted when the buffer is full."""
+NextPrompts = Callable[[int, float], Awaitable[tuple[list[PromptItem], int]]]
+"""(num_prompts, wait_s) -> (prompts, group size); raises ResourceExhausted when the buffer is full
+(after waiting up to wait_s for room)."""
 PutSamples = Callable[[list[ScoredSample]], Awaitable[None]]
 
 
@@ -285,8 +290,9 @@ class RolloutWorker:
             if self.num_carried or self.partials:
                 return []  # the buffer was full a moment ago: keep continuing partials without asking
             await asyncio.sleep(wait_s)
+        idle = not (self.num_carried or self.partials)
         try:
-            prompts, group_size = await self._next_prompts(want)
+            prompts, group_size = await self._next_prompts(want, PROMPT_WAIT_S if idle else 0.0)
         except ResourceExhausted:
             # The experience buffer is full and frees only when the trainer takes a batch, while it
             # still holds more than one: ask again after a delay that doubles with each refusal (each

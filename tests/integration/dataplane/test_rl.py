@@ -188,3 +188,40 @@ async def test_fresh_rl_plan_restores_to_step_0(client: DataPlaneClient) -> None
         await client.restore(pb.RestoreRequest(request_id="again", plan_id=plan_id, step=0))
     assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION
     assert "step=0" in err.value.details and "next step 1" in err.value.details
+
+
+async def test_a_draw_waits_for_room_and_gets_it_the_moment_a_group_is_dropped_or_a_batch_taken(
+    client: DataPlaneClient,
+) -> None:
+    plan_id = (await client.submit_plan(pb.SubmitPlanRequest(request_id="w", mixture_yaml=RL_SPEC))).plan_id
+    out = await prompts(client, plan_id, 6, "w1")  # 6 groups of 4: the buffer's 24 samples are all out
+
+    def draw(request_id: str, wait_s: float) -> pb.NextPromptsRequest:
+        return pb.NextPromptsRequest(
+            request_id=request_id, plan_id=plan_id, consumer_id="rollout-1", num_prompts=2, wait_s=wait_s
+        )
+
+    with pytest.raises(RPCError) as err:
+        await client.next_prompts(draw("w-bad", 61))
+    assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT and "wait_s=61" in err.value.details
+    with pytest.raises(RPCError) as err:  # no room came within the wait: refused as without one
+        await client.next_prompts(draw("w-short", 0.2))
+    assert err.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    waiting = asyncio.create_task(client.next_prompts(draw("w2", 30)))
+    await asyncio.sleep(0.3)
+    assert not waiting.done()  # still no room
+    # A uniform group is dropped: its room goes to the waiting draw.
+    await client.put_sample_list(plan_id, "rollout-0", [scored(out[0], i, 1.0) for i in range(GROUP)])
+    assert len((await asyncio.wait_for(waiting, 10)).prompts) == 1
+
+    waiting = asyncio.create_task(client.next_prompts(draw("w3", 30)))
+    mixed = [scored(p, i, float(i % 2)) for p in out[1:3] for i in range(GROUP)]
+    await client.put_sample_list(plan_id, "rollout-0", mixed)
+    await asyncio.sleep(0.3)
+    assert not waiting.done()  # the mixed groups are ready samples: they keep their room
+    # The trainer takes them as batch 0: the waiting draw gets the room they leave.
+    await asyncio.gather(
+        *(client.next_batch(pb.NextBatchRequest(plan_id=plan_id, rank=r, step=0, policy_version=1)) for r in range(2))
+    )
+    assert len((await asyncio.wait_for(waiting, 10)).prompts) == 2

@@ -22,11 +22,11 @@ class FullThenServing(Feed):
         self.num_refusals = num_refusals
         self.num_draws = 0
 
-    async def next_prompts(self, num: int) -> tuple[list[PromptItem], int]:
+    async def next_prompts(self, num: int, wait_s: float = 0.0) -> tuple[list[PromptItem], int]:
         self.num_draws += 1
         if self.num_draws <= self.num_refusals:
             raise ResourceExhausted("the experience buffer is full")
-        return await super().next_prompts(num)
+        return await super().next_prompts(num, wait_s)
 
 
 async def test_refused_draws_back_off_doubling_to_a_cap_and_reset_when_served(
@@ -60,11 +60,11 @@ class ServingOnceThenFull(Feed):
         self.num_draws = 0
         self.num_pushes = 0
 
-    async def next_prompts(self, num: int) -> tuple[list[PromptItem], int]:
+    async def next_prompts(self, num: int, wait_s: float = 0.0) -> tuple[list[PromptItem], int]:
         self.num_draws += 1
         if self.num_draws > 1:
             raise ResourceExhausted("the experience buffer is full")
-        return await super().next_prompts(num)
+        return await super().next_prompts(num, wait_s)
 
     async def put_samples(self, samples: list[streaming.ScoredSample]) -> None:
         self.num_pushes += 1

@@ -31,7 +31,7 @@ class Feed:
         self.counter = itertools.count()
         self.pushed: list[ScoredSample] = []
 
-    async def next_prompts(self, num: int) -> tuple[list[PromptItem], int]:
+    async def next_prompts(self, num: int, wait_s: float = 0.0) -> tuple[list[PromptItem], int]:
         items = []
         for _ in range(num):
             i = next(self.counter)
@@ -197,9 +197,9 @@ class TracedFeed(Feed):
         self.draw_spans: list[trace.SpanContext] = []
         self.push_spans: list[trace.SpanContext] = []
 
-    async def next_prompts(self, num: int) -> tuple[list[PromptItem], int]:
+    async def next_prompts(self, num: int, wait_s: float = 0.0) -> tuple[list[PromptItem], int]:
         self.draw_spans.append(trace.get_current_span().get_span_context())
-        return await super().next_prompts(num)
+        return await super().next_prompts(num, wait_s)
 
     async def put_samples(self, samples: list[ScoredSample]) -> None:
         self.push_spans.append(trace.get_current_span().get_span_context())

@@ -167,16 +167,18 @@ class ClosePlanResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class NextPromptsRequest(_message.Message):
-    __slots__ = ("request_id", "plan_id", "consumer_id", "num_prompts")
+    __slots__ = ("request_id", "plan_id", "consumer_id", "num_prompts", "wait_s")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     PLAN_ID_FIELD_NUMBER: _ClassVar[int]
     CONSUMER_ID_FIELD_NUMBER: _ClassVar[int]
     NUM_PROMPTS_FIELD_NUMBER: _ClassVar[int]
+    WAIT_S_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     plan_id: str
     consumer_id: str
     num_prompts: int
-    def __init__(self, request_id: _Optional[str] = ..., plan_id: _Optional[str] = ..., consumer_id: _Optional[str] = ..., num_prompts: _Optional[int] = ...) -> None: ...
+    wait_s: float
+    def __init__(self, request_id: _Optional[str] = ..., plan_id: _Optional[str] = ..., consumer_id: _Optional[str] = ..., num_prompts: _Optional[int] = ..., wait_s: _Optional[float] = ...) -> None: ...
 
 class NextPromptsResponse(_message.Message):
     __slots__ = ("prompts", "group_size")
