@@ -39,8 +39,8 @@ rollout idle fractions (sync: the share of each step the ranks were not generati
 ``stall_p95_s``, ``fault_lost_steps``, ``fault_recovered``. A figure an arm could not produce is 0 in
 ``ratios`` and null in ``figures``. The load average is recorded at the start and end of each arm.
 
-``--quick``: 50 s of RL an arm (25 s for the crash arm): 45-100 s of warm start, 6-16 s of stack
-start-up, 60-75 s an arm: 3.8 to 5.5 minutes in all on 2 cores at a load average of 3 to 26 (it was
+``--quick``: 50 s of RL an arm (25 s for the crash arm): 28-100 s of warm start, 6-16 s of stack
+start-up, 60-75 s an arm: 3.4 minutes quiet (load 2-3), up to 5.5 at a load average of 26 (it was
 6-7 minutes with a stack started and stopped for each arm).
 """
 
