@@ -27,7 +27,11 @@ T = TypeVar("T")
 
 NEXT_BATCH_WAIT_S = 2.0
 """Colocated: how long NextBatch waits once the ranks' samples should fill the batch."""
-MAX_FILL_ROUNDS = 50
+MAX_FILL_ROUNDS = 200
+"""Colocated: rounds one fill may take (a round refused on some ranks makes fewer groups than a full one;
+at 5 % of groups kept a batch of 16 groups takes ~20 full rounds) before the step fails."""
+MAX_BATCH_ATTEMPTS = 50
+"""NextBatch calls one batch may take (each after a fill, colocated) before the step fails."""
 
 
 async def _in_context(coro: Coroutine[Any, Any, T], ctx: otel_context.Context) -> T:
@@ -250,7 +254,7 @@ class DataPlaneFeed:
         from clients.base import RPCError
         from services.trainer.engine import TrainSample
 
-        for _ in range(MAX_FILL_ROUNDS):
+        for _ in range(MAX_BATCH_ATTEMPTS):
             if self._colocated:
                 self._fill(engine, step)
             try:
@@ -270,7 +274,7 @@ class DataPlaneFeed:
                 self._ready_estimate = 0.0  # the estimate was wrong (samples dropped as stale): fill anew
         else:
             raise DeadlineExceeded(
-                f"dataplane plan {self._plan_id}: batch {step} not filled after {MAX_FILL_ROUNDS} rounds"
+                f"dataplane plan {self._plan_id}: batch {step} not filled after {MAX_BATCH_ATTEMPTS} NextBatch calls"
             )
         if self._colocated:
             r = engine.spec.rollout
