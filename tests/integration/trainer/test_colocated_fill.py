@@ -19,20 +19,16 @@ from services.trainer.engine import Comm, Engine, TrainSample
 from services.trainer.remote import DataPlaneFeed
 from services.trainer.spec import RunSpec
 from tests.integration.trainer.conftest import TINY_MODEL
+from tests.integration.trainer.test_wiring import PLAN as WIRING_PLAN
 
-# A batch is 4 groups of 4; the buffer holds one batch and one group, as the main job sizes it.
-PLAN = """
-sources:
-  - name: arith
-    format: generated
-    generator: arithmetic
-    generator_options: {num_terms: "2", max_value: "9"}
-    preprocessing: {reference_field: answer, verifier: arithmetic}
-global_batch_size: 16
-num_ranks: 2
-tokenizer: char
-rl: {group_size: 4, max_staleness_versions: 1, dynamic_sampling: true, max_buffered_samples: 20}
-"""
+# test_wiring's plan on 2 ranks: a batch is 4 groups of 4; the buffer holds one batch and one group, as
+# the main job sizes it.
+PLAN = (
+    WIRING_PLAN.replace("num_ranks: 1", "num_ranks: 2")
+    .replace("max_staleness_versions: 2", "max_staleness_versions: 1")
+    .replace("dynamic_sampling: false", "dynamic_sampling: true")
+    .replace("max_buffered_samples: 64", "max_buffered_samples: 20")
+)
 
 
 class ThreadComm(Comm):
