@@ -290,6 +290,22 @@ class KVCache:
             k[dst, :, :length] = k[src, :, :length]
             v[dst, :, :length] = v[src, :, :length]
 
+    def compact(self, keep: Sequence[bool], lengths: Sequence[int]) -> list[int]:
+        """Make the kept ones of slots 0..len(keep)-1 the slots 0..n-1; the old slot of each new one.
+
+        Kept slots beyond n move into the holes below it (slot i's first ``lengths[i]`` positions), so
+        a step in which a few sequences finish copies only as many caches as finished, not every slot
+        after them.
+        """
+        width = sum(keep)
+        order = list(range(width))
+        holes = [slot for slot in range(width) if not keep[slot]]
+        movers = [slot for slot in range(width, len(keep)) if keep[slot]]
+        for hole, slot in zip(holes, movers, strict=True):
+            self.copy_slot(slot, hole, lengths[slot])
+            order[hole] = slot
+        return order
+
 
 PREFILL_CHUNK_TOKENS = 4096
 """Most padded tokens one batched prefill runs (bounds its activations)."""

@@ -448,20 +448,10 @@ class Engine:
         return len(self._take(ids))
 
     def _compact(self, keep: list[_Seq]) -> None:
-        """Make ``keep`` the active sequences in slots 0..len(keep)-1.
-
-        Rows beyond the new length move into the holes below it, so a step in which a few sequences
-        finish copies only as many caches as finished, not every row after them.
-        """
+        """Make ``keep`` the active sequences in slots 0..len(keep)-1 (``KVCache.compact``)."""
         kept = {s.id for s in keep}
-        n = len(keep)
-        active = self._active[:n]
-        holes = [i for i, s in enumerate(active) if s.id not in kept]
-        movers = [(slot, s) for slot, s in enumerate(self._active[n:], start=n) if s.id in kept]
-        for hole, (slot, s) in zip(holes, movers, strict=True):
-            self.cache.copy_slot(slot, hole, s.cache_len)
-            active[hole] = s
-        self._active = active
+        order = self.cache.compact([s.id in kept for s in self._active], [s.cache_len for s in self._active])
+        self._active = [self._active[slot] for slot in order]
         self._batch = None
 
     def _admit(self) -> None:

@@ -131,26 +131,12 @@ def _sample_fast(
             break
         positions = positions + 1
         if bool(finished.any()):
-            order = _compact(cache, finished, positions)
+            order = torch.tensor(cache.compact((~finished).tolist(), positions.tolist()))
             rows, tokens, positions = rows[order], tokens[order], positions[order]
             sampler.temperature, sampler.keys = sampler.temperature[order], sampler.keys[order]
             sampler.top_k, sampler.top_p = sampler.top_k[order], sampler.top_p[order]
             sampler.counters = sampler.counters[order]
     return _rows(out_tokens, out_logprobs, out_alive, eos_id)
-
-
-def _compact(cache: fast.KVCache, finished: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """Drop the finished rows from slots 0..B-1: the unfinished rows beyond the new width move into the
-    holes below it (as many cache copies as rows finished, at most); the old row of each new one."""
-    keep = (~finished).tolist()
-    width = sum(keep)
-    order = list(range(width))
-    movers = [row for row in range(width, len(keep)) if keep[row]]
-    holes = [row for row in range(width) if not keep[row]]
-    for hole, row in zip(holes, movers, strict=True):
-        cache.copy_slot(row, hole, int(positions[row]))
-        order[hole] = row
-    return torch.tensor(order, dtype=torch.int64)
 
 
 def _prefill(decoder: fast.Decoder, weights: fast.Weights, contexts: Sequence[Sequence[int]]) -> None:
