@@ -157,7 +157,10 @@ class RolloutWorker:
         self._num_refusals = 0
         """Draws refused in a row (the experience buffer full)."""
         self._redraw_at = 0.0
-        """time.monotonic() before which no draw is asked for."""
+        """time.monotonic() before which no draw is asked for (unless the data plane holds draws)."""
+        self._draws_held = True
+        """Whether the data plane holds a waiting draw until room frees (NextPrompts wait_s): assumed until
+        a waiting draw is refused at once."""
         self.last_error = ""
         origin = trace.get_current_span().get_span_context()
         self._links = [Link(origin)] if origin.is_valid else []
@@ -285,18 +288,27 @@ class RolloutWorker:
         want = self.settings.num_prompts_per_round
         if want == 0:
             return []
+        idle = not (self.num_carried or self.partials)
         wait_s = self._redraw_at - time.monotonic()
         if wait_s > 0:
-            if self.num_carried or self.partials:
+            if not idle:
                 return []  # the buffer was full a moment ago: keep continuing partials without asking
-            await asyncio.sleep(wait_s)
-        idle = not (self.num_carried or self.partials)
+            if not self._draws_held:
+                await asyncio.sleep(wait_s)
+            # Else the data plane holds the draw below until room frees: sleeping out the delay first
+            # would only leave the slots idle after the room came.
+        asked = time.monotonic()
+        draw_wait_s = PROMPT_WAIT_S if idle else 0.0
         try:
-            prompts, group_size = await self._next_prompts(want, PROMPT_WAIT_S if idle else 0.0)
+            prompts, group_size = await self._next_prompts(want, draw_wait_s)
         except ResourceExhausted:
             # The experience buffer is full and frees only when the trainer takes a batch, while it
             # still holds more than one: ask again after a delay that doubles with each refusal (each
-            # refused NextPrompts costs CPU on both sides) up to MAX_REDRAW_S.
+            # refused NextPrompts costs CPU on both sides) up to MAX_REDRAW_S. A data plane that
+            # refused a waiting draw at once does not hold draws (an older one): then the delay is
+            # slept before the next draw even when idle.
+            if draw_wait_s:
+                self._draws_held = time.monotonic() - asked >= draw_wait_s / 2
             self._num_refusals += 1
             delay_s = min(MAX_REDRAW_S, REDRAW_S * 2 ** (self._num_refusals - 1))
             self._redraw_at = time.monotonic() + delay_s

@@ -84,3 +84,43 @@ async def test_while_draws_are_refused_the_stragglers_finish_in_one_round_and_on
     await w.run(num_rounds=1)  # the draw is refused: this round holds until every straggler finished
     assert feed.num_draws == 2 and w.num_carried == 0
     assert feed.num_pushes == 2 and len(feed.pushed) == 4 * GROUP
+
+
+class HoldsThenServing(Feed):
+    """A data plane that holds a waiting draw: refuses the first ``num_refusals`` draws, each after
+    waiting out its ``wait_s`` on the test's clock (no room came), then hands out prompts."""
+
+    def __init__(self, num_refusals: int, clock: list[float]) -> None:
+        super().__init__()
+        self.num_refusals = num_refusals
+        self.clock = clock
+        self.waits: list[float] = []
+
+    async def next_prompts(self, num: int, wait_s: float = 0.0) -> tuple[list[PromptItem], int]:
+        self.waits.append(wait_s)
+        if len(self.waits) <= self.num_refusals:
+            self.clock[0] += wait_s
+            raise ResourceExhausted("the experience buffer is full")
+        return await super().next_prompts(num, wait_s)
+
+
+async def test_an_idle_worker_lets_the_data_plane_hold_its_draw_instead_of_sleeping(
+    generation: Generation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = [1000.0]
+    sleeps: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        clock[0] += seconds
+
+    monkeypatch.setattr(streaming.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(streaming.asyncio, "sleep", sleep)
+    feed = HoldsThenServing(num_refusals=3, clock=clock)
+    w = worker(generation, feed, alpha=1.0, prompts=1)
+    w.group_size = GROUP
+    await w.run(num_rounds=4)
+    # Every draw asked the data plane to hold it; none was preceded by a sleep: the prompts come the
+    # moment room frees, not after a delay that ran on while the room was there.
+    assert feed.waits == [streaming.PROMPT_WAIT_S] * 4 and sleeps == []
+    assert len(feed.pushed) == GROUP
