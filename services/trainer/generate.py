@@ -4,10 +4,10 @@ The ranks' own generation (colocated rollouts and greedy evaluation). On CPU it 
 server's decode path (``services.rollout.decoder``: fused projections over a preallocated cache, a
 few torch calls per layer and step): its batched prefill runs the distinct prompts once (a group's
 samples share theirs; the prefix all prompts share runs once too), then one batched decode step per
-new token. Elsewhere (CUDA, or an
-architecture that path does not run) Hugging Face's model with its own cache does the same. On CPU a
-finished sequence leaves the batch (its slot is filled from the end): with a long tail of answer
-lengths the last steps run only the answers still being written, as a continuous-batching server's do.
+new token. Elsewhere (CUDA, or an architecture that path does not run) Hugging Face's model with its
+own cache does the same. On CPU a finished sequence leaves the batch (its slot is filled from the end):
+with a long tail of answer lengths the last steps run only the answers still being written, as a
+continuous-batching server's do.
 """
 
 from __future__ import annotations
