@@ -53,10 +53,8 @@ from services.common.transport.meta import CarrierAddress, TensorMeta
 from services.common.transport.sink import ChunkSink
 from services.common.transport.sockets import (
     BlockingJob,
-    ConnectionPool,
+    SocketClient,
     SocketServer,
-    run_blocking,
-    run_blocking_reads,
 )
 
 logger = logging.getLogger(__name__)
@@ -169,34 +167,18 @@ class ShmServer:
         return lease
 
 
-class ShmClient:
+class ShmClient(SocketClient):
     """Reads from holders on this host through their shared memory."""
 
     carrier = "shm"
 
     def __init__(self, executor: concurrent.futures.Executor, *, connect_timeout_s: float) -> None:
-        self._executor = executor
-        self._connect_timeout_s = connect_timeout_s
-        self._pool = ConnectionPool()
+        super().__init__(executor, connect_timeout_s=connect_timeout_s)
         self._mappings = _MappingCache()
-
-    async def fetch(self, address: CarrierAddress, meta: TensorMeta, sink: ChunkSink, deadline: float) -> str:
-        """Copy ``sink``'s chunks out of the holder's shared memory into the destination."""
-        job = BlockingJob()
-        return await run_blocking(self._executor, job, lambda: self._fetch(job, address, meta, sink, deadline))
-
-    async def fetch_many(
-        self, address: CarrierAddress, items: Sequence[tuple[TensorMeta, ChunkSink]], deadline: float
-    ) -> None:
-        """Several reads from one holder, in order, in one transfer job over one connection; stops at
-        the first that fails. Each sink's bytes are committed (hashed where it asks) as they land."""
-        await run_blocking_reads(
-            self._executor, items, lambda job, meta, sink: self._fetch(job, address, meta, sink, deadline)
-        )
 
     def close(self) -> None:
         """Drop pooled control connections and cached mappings."""
-        self._pool.close()
+        super().close()
         self._mappings.clear()
 
     def _connect(self, address: CarrierAddress, deadline: float) -> socket.socket:

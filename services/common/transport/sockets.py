@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
-    from services.common.transport.meta import TensorMeta
+    from services.common.transport.meta import CarrierAddress, TensorMeta
     from services.common.transport.sink import ChunkSink
 
 logger = logging.getLogger(__name__)
@@ -161,18 +161,41 @@ async def run_blocking(
         raise
 
 
-async def run_blocking_reads(
-    executor: concurrent.futures.Executor,
-    items: Sequence[tuple[TensorMeta, ChunkSink]],
-    read_one: Callable[[BlockingJob, TensorMeta, ChunkSink], object],
-) -> None:
-    """Several reads from one holder (``read_one`` each, then its sink finished), in order, in one
-    transfer job: a carrier's ``fetch_many``. Stops at the first read that fails."""
-    job = BlockingJob()
+class SocketClient:
+    """The reader side of a stream-socket carrier: pooled connections to holders, each read one
+    blocking transfer job in ``executor`` (the carrier's ``_fetch``), abortable from the event loop."""
 
-    def run() -> None:
-        for meta, sink in items:
-            read_one(job, meta, sink)
-            sink.finish()
+    def __init__(self, executor: concurrent.futures.Executor, *, connect_timeout_s: float) -> None:
+        self._executor = executor
+        self._connect_timeout_s = connect_timeout_s
+        self._pool = ConnectionPool()
 
-    await run_blocking(executor, job, run)
+    def _fetch(
+        self, job: BlockingJob, address: CarrierAddress, meta: TensorMeta, sink: ChunkSink, deadline: float
+    ) -> str:
+        """Move ``sink``'s chunks of ``meta`` from the holder at ``address`` (in a worker thread)."""
+        raise NotImplementedError
+
+    async def fetch(self, address: CarrierAddress, meta: TensorMeta, sink: ChunkSink, deadline: float) -> str:
+        """Move ``sink``'s chunks from the holder at ``address`` into the destination."""
+        job = BlockingJob()
+        return await run_blocking(self._executor, job, lambda: self._fetch(job, address, meta, sink, deadline))
+
+    async def fetch_many(
+        self, address: CarrierAddress, items: Sequence[tuple[TensorMeta, ChunkSink]], deadline: float
+    ) -> None:
+        """Several reads from one holder, in order, in one transfer job over one connection; stops at
+        the first that fails. Each sink's bytes are committed (hashed where it asks) as they land, and
+        the sink is finished before the next read starts."""
+        job = BlockingJob()
+
+        def run() -> None:
+            for meta, sink in items:
+                self._fetch(job, address, meta, sink, deadline)
+                sink.finish()
+
+        await run_blocking(self._executor, job, run)
+
+    def close(self) -> None:
+        """Drop pooled connections."""
+        self._pool.close()

@@ -13,11 +13,9 @@ Protocol per request on a persistent connection::
 
 from __future__ import annotations
 
-import concurrent.futures
 import logging
 import socket
 import time
-from collections.abc import Sequence
 from typing import Any
 
 from services.common.transport import wire
@@ -27,10 +25,8 @@ from services.common.transport.meta import CarrierAddress, TensorMeta, split_hos
 from services.common.transport.sink import ChunkSink
 from services.common.transport.sockets import (
     BlockingJob,
-    ConnectionPool,
+    SocketClient,
     SocketServer,
-    run_blocking,
-    run_blocking_reads,
 )
 
 logger = logging.getLogger(__name__)
@@ -112,33 +108,10 @@ class TcpServer:
                 wire.send_all(conn, piece, time.monotonic() + self._stall_timeout_s)
 
 
-class TcpClient:
+class TcpClient(SocketClient):
     """Reads from holders over TCP."""
 
     carrier = "tcp"
-
-    def __init__(self, executor: concurrent.futures.Executor, *, connect_timeout_s: float) -> None:
-        self._executor = executor
-        self._connect_timeout_s = connect_timeout_s
-        self._pool = ConnectionPool()
-
-    async def fetch(self, address: CarrierAddress, meta: TensorMeta, sink: ChunkSink, deadline: float) -> str:
-        """Move ``sink``'s chunks from the holder at ``address`` into the destination."""
-        job = BlockingJob()
-        return await run_blocking(self._executor, job, lambda: self._fetch(job, address, meta, sink, deadline))
-
-    async def fetch_many(
-        self, address: CarrierAddress, items: Sequence[tuple[TensorMeta, ChunkSink]], deadline: float
-    ) -> None:
-        """Several reads from one holder, in order, in one transfer job over one connection; stops at
-        the first that fails. Each sink's bytes are committed (hashed where it asks) as they land."""
-        await run_blocking_reads(
-            self._executor, items, lambda job, meta, sink: self._fetch(job, address, meta, sink, deadline)
-        )
-
-    def close(self) -> None:
-        """Drop pooled connections."""
-        self._pool.close()
 
     def _connect(self, address: CarrierAddress, deadline: float) -> socket.socket:
         host, port = split_host_port(address.address)
