@@ -507,8 +507,8 @@ class DataPlane:
             raise InvalidArgument("consumer_id='': name the rollout server asking")
         if not 0 <= wait_s <= MAX_PROMPT_WAIT_S:
             raise InvalidArgument(f"wait_s={wait_s}: must be 0..{MAX_PROMPT_WAIT_S:g} seconds")
-        if wait_s > 0 and await self.meta.get_json(self.meta.key("request", request_id)) is None:
-            await self._await_room(plan_id, wait_s)
+        if wait_s > 0:
+            await self._await_room(plan_id, wait_s, request_id)
 
         async def draw() -> dict[str, Any]:
             runtime = await self._open(plan_id)
@@ -531,20 +531,24 @@ class DataPlane:
         result = await self._once(request_id, draw)
         return [PromptDraw(**p) for p in result["prompts"]]
 
-    async def _await_room(self, plan_id: str, wait_s: float) -> None:
+    async def _await_room(self, plan_id: str, wait_s: float, request_id: str) -> None:
         """Return once the buffer has room for a group or an overdue prompt to hand out again, or after
-        ``wait_s``. The condition is checked holding ``runtime.changed``, which every change notifies
-        under, so a change between the check and the wait is not missed."""
+        ``wait_s``; at once for a retry of a request already answered (its answer is kept). The
+        condition is checked holding ``runtime.changed``, which every change notifies under, so a change
+        between the check and the wait is not missed."""
         runtime = await self._open(plan_id)
         buffer = self._rl(runtime)
         deadline = time.monotonic() + wait_s
+        answered: bool | None = None  # looked up only when the draw would wait
         async with runtime.changed:
             while True:
                 async with runtime.lock:
                     if buffer.room_for_groups() or buffer.overdue(self.config.prompt_timeout_s, now_s()):
                         return
+                if answered is None:
+                    answered = await self.meta.get_json(self.meta.key("request", request_id)) is not None
                 remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                if answered or remaining <= 0:
                     return
                 try:
                     # Overdue prompts become due without a change: look again at least every second.
