@@ -205,8 +205,19 @@ def exit_reason(log_path: str) -> str:
 
 
 def stop_processes(processes: list[ProcessState], grace_s: float = 10.0) -> int:
-    """SIGTERM each process group, SIGKILL what is left after ``grace_s``; returns how many ran."""
+    """SIGTERM each process group, SIGKILL what is left after ``grace_s``; returns how many ran.
+
+    Redis goes last, once the services are gone: a service's graceful stop deregisters it from Redis,
+    and with Redis already down that call retries for up to ~7 s (redis_meta.connect's backoff), which
+    with the gRPC grace could run past ``grace_s`` and get the service killed mid-shutdown.
+    """
     running = [p for p in processes if pid_alive(p.pid)]
+    _terminate([p for p in running if p.name != "redis"], grace_s)
+    _terminate([p for p in running if p.name == "redis"], grace_s)
+    return len(running)
+
+
+def _terminate(running: list[ProcessState], grace_s: float) -> None:
     for p in running:
         try:
             os.killpg(p.pid, signal.SIGTERM)
@@ -223,7 +234,6 @@ def stop_processes(processes: list[ProcessState], grace_s: float = 10.0) -> int:
             except ProcessLookupError:
                 pass
     _reap()
-    return len(running)
 
 
 def _reap() -> None:
